@@ -1,0 +1,176 @@
+"""``solve``: run the round loop of ``rounds.py`` over an executor."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from . import estimators, tree
+from .executors import ActorFailure, LearnerSetup, LocalExecutor, RayExecutor, Snapshot
+from .learners import to_params
+from .problem import BilevelProblem
+from .rounds import Event, Phase, RoundMachine
+from .step import LowerConfig
+
+RoundCallback = Callable[[int, dict[str, float]], None]
+
+
+class BilevelRunError(RuntimeError):
+    pass
+
+
+@dataclass
+class SolveResult:
+    lam: tree.ParamsLike
+    thetas: list[tree.ParamsLike]
+    history: list[dict[str, float]] = field(default_factory=list)
+    restarts: int = 0
+
+
+def _per_learner(value: Any, k: int, name: str) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != k:
+            raise ValueError(f"{name}: expected {k} entries (one per lower learner), got {len(value)}")
+        return list(value)
+    return [value] * k
+
+
+def _round_metrics(lower: list[dict[str, float]], upper: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Mean over learners, plus the share of the round not spent computing (Ray and waiting)."""
+    keys = lower[0].keys()
+    out = {k: sum(m[k] for m in lower) / len(lower) for k in keys}
+    out.update(upper)
+    slowest = max(m.get("compute_s", 0.0) for m in lower)
+    out["round_s"] = wall_s
+    out["comm_share"] = max(0.0, 1.0 - slowest / wall_s) if wall_s > 0 else 0.0
+    return out
+
+
+def solve(
+    problem: BilevelProblem,
+    theta: tree.ParamsLike | Sequence[tree.ParamsLike],
+    lam: tree.ParamsLike,
+    lower_batches: Any | Sequence[Any],
+    upper_batches: Any | Sequence[Any],
+    *,
+    lower_learners: int = 2,
+    method: str = "implicit_cg",
+    method_options: dict[str, Any] | None = None,
+    rounds: int = 100,
+    inner_steps: int = 10,
+    inner_lr: float = 0.1,
+    upper_lr: float = 0.1,
+    upper_optimizer: str = "adam",
+    eval_batch: Any = None,
+    backend: str = "ray",
+    cpus_per_learner: float = 1.0,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[Snapshot], None] | None = None,
+    resume_from: Snapshot | None = None,
+    max_restarts: int = 1,
+    on_round: RoundCallback | None = None,
+    on_recover: Callable[[int], None] | None = None,
+    progress: bool = False,
+    fail_at: dict[int, int] | None = None,
+) -> SolveResult:
+    """Learn λ with K lower learners, each owning θ_k and ``lower_batches[k]``.
+
+    ``theta``/``upper_batches`` may be one value shared by all learners or one per learner.
+    ``backend="ray"`` puts each learner on an actor (Ray must be initialised or will be started);
+    ``"local"`` runs the same learners in this process. A learner that dies is recovered from the
+    last checkpoint (kept in memory, and passed to ``on_checkpoint`` to persist) up to
+    ``max_restarts`` times; ``fail_at={learner: round}`` kills one on purpose, for tests.
+    """
+    k = lower_learners
+    opts = estimators.make_options(method, **(method_options or {}))
+    lam_p, lam_was_tensor = tree.wrap(lam)
+    thetas = [tree.wrap(t)[0] for t in _per_learner(theta, k, "theta")]
+    theta_was_tensor = tree.wrap(_per_learner(theta, k, "theta")[0])[1]
+    setup = LearnerSetup(
+        problem=problem,
+        thetas=thetas,
+        lam0=lam_p,
+        lower_batches=_per_learner(lower_batches, k, "lower_batches"),
+        upper_batches=_per_learner(upper_batches, k, "upper_batches"),
+        cfg=LowerConfig(method, opts, inner_steps, inner_lr),
+        upper_optimizer=upper_optimizer,
+        upper_lr=upper_lr,
+        eval_batch=eval_batch,
+        fail_at=dict(fail_at or {}),
+    )
+    if backend == "ray":
+        executor: LocalExecutor | RayExecutor = RayExecutor(setup, cpus_per_learner)
+    elif backend == "local":
+        if fail_at:
+            raise ValueError("fail_at kills a process: use it with backend='ray' only")
+        executor = LocalExecutor(setup)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; valid: local, ray")
+
+    try:
+        if resume_from is not None:
+            executor.restore(resume_from)
+            last = resume_from
+        else:
+            last = executor.snapshot(0)
+        machine = RoundMachine(rounds, checkpoint_every, max_restarts, round=last.round, last_checkpoint=last.round)
+        history = _run(executor, machine, last, on_round, on_checkpoint, on_recover, progress)
+        return SolveResult(
+            lam=tree.unwrap(to_params(executor.lam()), lam_was_tensor),
+            thetas=[tree.unwrap(to_params(t), theta_was_tensor) for t in executor.thetas()],
+            history=history,
+            restarts=machine.restarts,
+        )
+    finally:
+        executor.close()
+
+
+def _run(executor, machine: RoundMachine, last: Snapshot, on_round, on_checkpoint, on_recover, progress) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=machine.rounds, initial=machine.round, desc="rounds", disable=not progress, leave=False)
+    lower_metrics: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    while not machine.finished:
+        phase = machine.phase
+        try:
+            if phase is Phase.BROADCAST:
+                t0 = time.perf_counter()
+                executor.broadcast()
+                machine.fire(Event.BROADCASTED)
+            elif phase is Phase.LOWER:
+                lower_metrics = executor.lower(machine.round)
+                machine.fire(Event.PARTS_READY)
+            elif phase is Phase.UPPER:
+                upper_metrics = executor.upper()
+                metrics = _round_metrics(lower_metrics, upper_metrics, time.perf_counter() - t0)
+                metrics["round"] = machine.round + 1
+                history.append(metrics)
+                machine.fire(Event.UPPER_STEPPED)
+                if on_round is not None:
+                    on_round(machine.round, metrics)
+                bar.update(1)
+                bar.set_postfix(upper=f"{metrics['upper_loss']:.4f}")
+            elif phase is Phase.CHECKPOINT:
+                last = executor.snapshot(machine.round)
+                if on_checkpoint is not None:
+                    on_checkpoint(last)
+                machine.fire(Event.CHECKPOINTED)
+            elif phase is Phase.RECOVER:
+                executor.restore(last)
+                machine.fire(Event.RECOVERED)
+                history = [h for h in history if h["round"] <= machine.round]
+                bar.n = machine.round
+                bar.refresh()
+                if on_recover is not None:
+                    on_recover(machine.round)
+        except ActorFailure as e:
+            machine.fire(Event.ACTOR_DIED, str(e))
+    bar.close()
+    if machine.phase is Phase.FAILED:
+        raise BilevelRunError(
+            f"{machine.error}; gave up after {machine.restarts} restart(s) from checkpoint"
+        )
+    return history

@@ -1,0 +1,1 @@
+"""Built-in bilevel tasks that job files can name (``bilevel.task``)."""
