@@ -31,10 +31,27 @@ class LearnerError(RuntimeError):
 
 @dataclass
 class Snapshot:
+    """Everything a run needs to continue exactly: λ, the upper optimizer, every θ_k."""
+
     round: int
     upper: Arrays
     upper_meta: dict
     lower: list[Arrays]
+
+    def to_flat(self) -> tuple[Arrays, dict]:
+        flat = {f"upper/{k}": v for k, v in self.upper.items()}
+        for i, arrays in enumerate(self.lower):
+            flat.update({f"lower/{i}/{k}": v for k, v in arrays.items()})
+        return flat, {"round": self.round, "learners": len(self.lower), "upper_meta": self.upper_meta}
+
+    @classmethod
+    def from_flat(cls, flat: Arrays, meta: dict) -> "Snapshot":
+        upper = {k[len("upper/"):]: v for k, v in flat.items() if k.startswith("upper/")}
+        lower = []
+        for i in range(meta["learners"]):
+            head = f"lower/{i}/"
+            lower.append({k[len(head):]: v for k, v in flat.items() if k.startswith(head)})
+        return cls(meta["round"], upper, meta["upper_meta"], lower)
 
 
 @dataclass

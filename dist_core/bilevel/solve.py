@@ -130,7 +130,8 @@ def _run(executor, machine: RoundMachine, last: Snapshot, on_round, on_checkpoin
     from tqdm.auto import tqdm
 
     history: list[dict[str, float]] = []
-    bar = tqdm(total=machine.rounds, initial=machine.round, desc="rounds", disable=not progress, leave=False)
+    bar = tqdm(total=machine.rounds, initial=machine.round, desc="rounds", disable=not progress, leave=False,
+               mininterval=1.0)
     lower_metrics: list[dict[str, float]] = []
     t0 = time.perf_counter()
     while not machine.finished:
@@ -152,7 +153,7 @@ def _run(executor, machine: RoundMachine, last: Snapshot, on_round, on_checkpoin
                 if on_round is not None:
                     on_round(machine.round, metrics)
                 bar.update(1)
-                bar.set_postfix(upper=f"{metrics['upper_loss']:.4f}")
+                bar.set_postfix(upper=f"{metrics['upper_loss']:.4f}", refresh=False)
             elif phase is Phase.CHECKPOINT:
                 last = executor.snapshot(machine.round)
                 if on_checkpoint is not None:

@@ -1,0 +1,127 @@
+"""``kind: bilevel``: build the task of a job file, train the baseline, solve on actors, report."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import plots
+from ..runs import RunDir
+from ..spec import BilevelJob
+from . import tasks  # noqa: F401
+from .executors import Snapshot
+from .solve import solve
+from .step import LowerState, train_lower_only
+from .tasks import hyper_cleaning as hc
+
+log = logging.getLogger("dist_core.bilevel")
+
+
+@dataclass
+class JobResult:
+    metrics: dict[str, Any]
+    checkpoint: str | None
+    extra: dict[str, Any]
+
+
+def steps_per_round(job: BilevelJob) -> int:
+    """Lower-level gradient steps per round (unrolled steps train θ too): the baseline's budget."""
+    b = job.bilevel
+    return b.lower.inner_steps + (b.method.steps if b.method.name == "unrolled" else 0)
+
+
+def run(job: BilevelJob, run_dir: RunDir, resume: bool = False, progress: bool = True) -> JobResult:
+    b = job.bilevel
+    k = b.lower.learners
+    path = str(b.data.path) if b.data.path is not None else None
+    data = hc.make_data(b.data.n_train, b.data.n_val, b.data.corruption, job.seed, path)
+    n_features = data.x_train.shape[1]
+    problem = hc.make_problem(b.model.weight_decay)
+    shards = hc.shards(data, k)
+    upper_batch = {"x": data.x_val, "y": data.y_val}
+    eval_batch = hc.eval_batch(data)
+    thetas = [hc.init_model(n_features, b.model.hidden, job.seed + i) for i in range(k)]
+    lam0 = torch.full((b.data.n_train,), b.upper.init)
+
+    baseline = _baseline(job, problem, thetas, shards, eval_batch, progress) if b.baseline else None
+
+    resume_from = None
+    if resume:
+        ckpt = run_dir.latest_checkpoint()
+        if ckpt is not None:
+            from .. import checkpoint
+
+            resume_from = Snapshot.from_flat(*checkpoint.load(ckpt))
+            log.info("resuming from %s (round %d)", ckpt, resume_from.round)
+        run_dir.truncate_metrics(resume_from.round if resume_from else 0)
+
+    def on_round(round_idx: int, metrics: dict[str, float]) -> None:
+        run_dir.log_metrics({k: v for k, v in metrics.items() if k != "compute_s"})
+
+    def on_checkpoint(snap: Snapshot) -> None:
+        flat, meta = snap.to_flat()
+        run_dir.save_checkpoint(snap.round, flat, meta)
+
+    result = solve(
+        problem, thetas, lam0, shards, upper_batch,
+        lower_learners=k, method=b.method.name, method_options=b.method_options(),
+        rounds=b.rounds, inner_steps=b.lower.inner_steps, inner_lr=b.lower.lr,
+        upper_lr=b.upper.lr, upper_optimizer=b.upper.optimizer, eval_batch=eval_batch,
+        backend=b.backend, cpus_per_learner=job.resources.cpus_per_learner,
+        checkpoint_every=b.checkpoint_every, on_checkpoint=on_checkpoint, resume_from=resume_from,
+        max_restarts=b.max_restarts, on_round=on_round,
+        on_recover=lambda r: run_dir.truncate_metrics(r), progress=progress,
+    )
+
+    history = run_dir.read_metrics()
+    final = [problem.evaluate(t, None, eval_batch) for t in result.thetas]
+    metrics: dict[str, Any] = {
+        "test_acc": sum(m["test_acc"] for m in final) / k,
+        "val_loss": sum(m["val_loss"] for m in final) / k,
+        **hc.corruption_f1(result.lam, data.corrupted),
+        "rounds": b.rounds,
+        "restarts": result.restarts,
+        "mean_round_s": _mean(h["round_s"] for h in history),
+        "comm_share": _mean(h["comm_share"] for h in history),
+    }
+    if baseline is not None:
+        metrics["test_acc_noisy_baseline"] = baseline["test_acc"]
+        metrics["val_loss_noisy_baseline"] = baseline["val_loss"]
+    _plot(run_dir, job, history, baseline)
+    latest = run_dir.latest_checkpoint()
+    return JobResult(metrics, str(latest) if latest else None, {"method": b.method.name, "learners": k})
+
+
+def _baseline(job, problem, thetas, shards, eval_batch, progress: bool) -> dict[str, float]:
+    """The same K models and step budget on unweighted noisy labels (λ = 0: all weights equal)."""
+    from tqdm.auto import tqdm
+
+    b = job.bilevel
+    budget = b.rounds * steps_per_round(job)
+    lam = {"_": torch.zeros(b.data.n_train)}
+    results = []
+    for i in tqdm(range(len(thetas)), desc="noisy baseline", disable=not progress, leave=False):
+        state = train_lower_only(problem, LowerState(dict(thetas[i])), lam, shards[i], budget, b.lower.lr)
+        results.append(problem.evaluate(state.theta, None, eval_batch))
+    return {key: sum(r[key] for r in results) / len(results) for key in results[0]}
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _plot(run_dir: RunDir, job: BilevelJob, history: list[dict], baseline: dict | None) -> None:
+    if not history:
+        return
+    rounds = [h["round"] for h in history]
+    val = {"ylabel": "validation loss", "series": [("hyper-cleaned", [h["val_loss"] for h in history])]}
+    acc = {"ylabel": "test accuracy", "series": [("hyper-cleaned", [h["test_acc"] for h in history])]}
+    if baseline is not None:
+        val["hlines"] = [("noisy baseline (end)", baseline["val_loss"])]
+        acc["hlines"] = [("noisy baseline (end)", baseline["test_acc"])]
+    title = f"{job.name}: {job.bilevel.method.name}, K={job.bilevel.lower.learners}"
+    plots.curves(run_dir.plots / "curves.png", title, rounds, [val, acc])

@@ -1,0 +1,35 @@
+"""Small PNG helpers (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves(path: Path, title: str, x: Sequence[float], panels: list[dict]) -> Path:
+    """One row of panels; each panel: {"ylabel", "series": [(label, ys)], "hlines": [(label, y)]}."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for label, ys in panel.get("series", []):
+            ax.plot(x, ys, label=label)
+        for label, y in panel.get("hlines", []):
+            ax.axhline(y, linestyle="--", color="gray", label=label)
+        ax.set_xlabel(panel.get("xlabel", "round"))
+        ax.set_ylabel(panel["ylabel"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,298 @@
+"""Job files: the pydantic schema (``extra="forbid"``) and a loader that reports ``file:line: field``.
+
+Every job has ``kind``, ``name``, optional ``cluster:`` and ``resources:``, and the section its
+kind needs. ``load(path, overrides)`` returns a validated job or raises ``SpecError`` whose text is
+exactly one line, e.g. ``jobs/x.yaml:14: bilevel.lower.lr: must be > 0, got -0.1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError
+
+from .errors import SpecError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- shared sections
+class ClusterSpec(Strict):
+    address: str | None = Field(None, description="Ray address to join; None starts embedded Ray")
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env for submit")
+
+
+class ResourcesSpec(Strict):
+    num_cpus: float | None = Field(None, gt=0, description="CPUs for embedded Ray (default: all)")
+    cpus_per_learner: float = Field(1.0, gt=0, description="CPUs reserved by each lower-learner actor")
+
+
+# ---------------------------------------------------------------- kind: bilevel
+class DataSpec(Strict):
+    dataset: Literal["digits"] = "digits"
+    path: FilePath | None = Field(None, description="a .npz with X (n, d) and y (n,) instead of digits")
+    n_train: int = Field(1000, ge=10)
+    n_val: int = Field(300, ge=10)
+    corruption: float = Field(0.4, ge=0.0, lt=1.0, description="share of training labels flipped")
+
+
+class ModelSpec(Strict):
+    hidden: int = Field(0, ge=0, description="0: softmax regression; >0: one ReLU hidden layer")
+    weight_decay: float = Field(1e-2, ge=0.0)
+
+
+class LowerSpec(Strict):
+    learners: int = Field(2, ge=1, le=256, description="K lower-learner actors")
+    inner_steps: int = Field(20, ge=0, description="T gradient steps on g per round")
+    lr: float = Field(0.5, gt=0.0)
+
+
+class UpperSpec(Strict):
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(0.3, gt=0.0)
+    init: float = Field(2.0, description="initial λ_i (σ(2) ≈ 0.88: nothing flagged at the start)")
+
+
+class ImplicitCG(Strict):
+    name: Literal["implicit_cg"]
+    iters: int = Field(20, ge=1)
+    tol: float = Field(1e-10, ge=0.0)
+    damping: float = Field(0.0, ge=0.0)
+
+
+class ImplicitNeumann(Strict):
+    name: Literal["implicit_neumann"]
+    iters: int = Field(20, ge=0)
+    alpha: float = Field(0.5, gt=0.0)
+
+
+class Unrolled(Strict):
+    name: Literal["unrolled"]
+    steps: int = Field(10, ge=1)
+    lr: float | None = Field(None, gt=0.0, description="default: bilevel.lower.lr")
+    truncate: int | None = Field(None, ge=1)
+
+
+class Penalty(Strict):
+    name: Literal["penalty"]
+    gamma: float = Field(10.0, gt=0.0)
+    steps: int = Field(10, ge=0)
+    lr: float | None = Field(None, gt=0.0, description="default: bilevel.lower.lr")
+
+
+MethodSpec = Annotated[Union[ImplicitCG, ImplicitNeumann, Unrolled, Penalty], Field(discriminator="name")]
+
+
+class BilevelSpec(Strict):
+    task: Literal["hyper_cleaning"] = "hyper_cleaning"
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    lower: LowerSpec = Field(default_factory=LowerSpec)
+    upper: UpperSpec = Field(default_factory=UpperSpec)
+    method: MethodSpec = Field(default_factory=lambda: Penalty(name="penalty"))
+    rounds: int = Field(150, ge=1)
+    checkpoint_every: int = Field(25, ge=0, description="rounds between checkpoints; 0: none")
+    max_restarts: int = Field(1, ge=0, description="recoveries from a dead actor before failing")
+    backend: Literal["ray", "local"] = "ray"
+    baseline: bool = Field(True, description="also train on unweighted noisy labels, same budget")
+
+    def method_options(self) -> dict[str, Any]:
+        """The estimator's knobs, with unset step sizes defaulting to the lower learner's."""
+        opts = self.method.model_dump(exclude={"name"})
+        if "lr" in opts and opts["lr"] is None:
+            opts["lr"] = self.lower.lr
+        return opts
+
+
+class JobBase(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    seed: int = 0
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+
+class BilevelJob(JobBase):
+    kind: Literal["bilevel"]
+    bilevel: BilevelSpec = Field(default_factory=BilevelSpec)
+
+
+KINDS: dict[str, type[JobBase]] = {"bilevel": BilevelJob}
+Job = BilevelJob
+
+
+# ---------------------------------------------------------------- loading
+def load(path: str | Path, overrides: list[str] | None = None) -> Job:
+    """Read, override and validate a job file; any mistake raises a one-line ``SpecError``."""
+    shown = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SpecError(shown, 1, "file", "no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise SpecError(shown, 1, "file", f"cannot read ({type(e).__name__})") from None
+    return load_text(text, shown, overrides)
+
+
+def load_text(text: str, shown: str, overrides: list[str] | None = None) -> Job:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(shown, line, "yaml", f"invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(shown, 1, "(top)", f"a job file is a mapping of fields, got {type(data).__name__}")
+    set_keys = _apply_overrides(data, overrides or [], shown)
+
+    kind = data.get("kind")
+    if kind is None:
+        raise SpecError(shown, 1, "kind", f"required field missing (valid kinds: {', '.join(KINDS)})")
+    if kind not in KINDS:
+        raise SpecError(shown, _line_of(root, ["kind"]), "kind", f"unknown kind {kind!r} (valid: {', '.join(KINDS)})")
+    model = KINDS[kind]
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        path = _data_path(data, err["loc"])
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path.append(err.get("ctx", {}).get("discriminator", "name").strip("'"))
+        field = ".".join(str(p) for p in path) or "(top)"
+        reason = _reason(err, _model_at(model, data, path))
+        if field in set_keys or any(field.startswith(k + ".") for k in set_keys):
+            reason += " (from --set)"
+        raise SpecError(shown, _line_of(root, path), field, reason) from None
+
+
+def dump(job: Job) -> str:
+    """The resolved job as YAML (every default filled in), for the run directory."""
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+
+
+def _apply_overrides(data: dict, overrides: list[str], shown: str) -> set[str]:
+    keys = set()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(shown, 1, "--set", f"expected dotted.key=value, got {item!r}")
+        key = key.strip()
+        parts = key.split(".")
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise SpecError(shown, 1, key, f"cannot parse --set value {raw!r}") from None
+        keys.add(key)
+    return keys
+
+
+def _data_path(data: Any, loc: tuple) -> list:
+    """Pydantic's location minus the union tags it inserts (``method.penalty.gamma``)."""
+    out, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and part not in node and not _is_tag(node, part):
+            out.append(part)  # a missing field: name it
+            node = None
+    return out
+
+
+def _is_tag(node: dict, part: Any) -> bool:
+    return isinstance(part, str) and node.get("name") == part
+
+
+def _line_of(root: yaml.Node | None, path: list) -> int:
+    """1-based line of the deepest node of ``path`` present in the YAML (the key's own line)."""
+    line = 1 if root is None else root.start_mark.line + 1
+    node = root
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _model_at(model: type[BaseModel], data: Any, path: list) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``path[-1]`` (for 'valid fields' hints)."""
+    cur: Any = model
+    for part in path[:-1]:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+            return None
+        data = data.get(part) if isinstance(data, dict) else None
+        cur = _pick_model(cur.model_fields[part].annotation, data)
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _pick_model(ann: Any, data: Any) -> Any:
+    """The model inside an annotation; for a tagged union, the member whose ``name`` matches."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    members = [m for arg in getattr(ann, "__args__", ()) if (m := _pick_model(arg, data)) is not None]
+    tag = data.get("name") if isinstance(data, dict) else None
+    for m in members:
+        field = m.model_fields.get("name")
+        if field is not None and tag in getattr(field.annotation, "__args__", ()):
+            return m
+    return members[0] if members else None
+
+
+def _reason(err: dict, holder: type[BaseModel] | None) -> str:
+    t, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if t in bounds:
+        bound = next(iter(ctx.values()))
+        return f"must be {bounds[t]} {bound}, got {got!r}"
+    if t == "extra_forbidden":
+        valid = f" (valid: {', '.join(holder.model_fields)})" if holder is not None else ""
+        return f"unknown field{valid}"
+    if t == "missing":
+        return "required field missing"
+    if t == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {got!r}"
+    if t == "union_tag_invalid":
+        expected = str(ctx.get("expected_tags", "")).replace("'", "")
+        return f"unknown {ctx.get('tag')!r} (valid: {expected})"
+    if t == "union_tag_not_found":
+        return f"needs a {ctx.get('discriminator')!s} field"
+    if t.startswith("int_"):
+        return f"must be an integer, got {got!r}"
+    if t.startswith("float_"):
+        return f"must be a number, got {got!r}"
+    if t.startswith("bool_"):
+        return f"must be true or false, got {got!r}"
+    if t.startswith("string_type"):
+        return f"must be a string, got {got!r}"
+    if t == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')}, got {got!r}"
+    if t == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
+    if t in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping, got {got!r}"
+    if t in ("path_not_file", "path_not_exists"):
+        return f"no such file: {got}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{msg[:1].lower()}{msg[1:]}, got {got!r}"
