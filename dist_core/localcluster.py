@@ -47,8 +47,10 @@ class LocalHead:
         return f"127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        """Environment for clients of this head (token auth on, this head's token)."""
-        return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        """Environment for this head and its clients: token auth on, this head's token, and this
+        interpreter first on PATH so that a job's ``python`` entrypoint runs in the same venv."""
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
 
     def start(self, timeout: float = 120.0) -> "LocalHead":
         if not self.token_path.exists():
