@@ -177,12 +177,10 @@ def inner_steps_of(problem) -> int:
     return problem.config.unroll_steps
 
 
-def bench_scale(n_train: int, d: int, hidden: int, rounds: int, inner: int, cg_iters: int) -> dict:
+def compare_paths(data, problem, nf: int, hidden: int, rounds: int, inner: int, cg_iters: int) -> dict:
+    """The same problem in one process, on K=1 and K=2 actors, and through betty (K=1)."""
     import ray
 
-    with tempfile.TemporaryDirectory() as tmp:
-        npz = synthetic_npz(Path(tmp) / "synthetic.npz", n_train + 2000, d)
-        data, problem, nf = scale_setup(npz, n_train, hidden)
     rows = {}
     rows["one process, K=1 (2 threads)"] = run_ours(data, problem, nf, hidden, 1, "local", rounds, inner, cg_iters, 2)
     rows["one process, K=2 (2 threads)"] = run_ours(data, problem, nf, hidden, 2, "local", rounds, inner, cg_iters, 2)
@@ -196,20 +194,35 @@ def bench_scale(n_train: int, d: int, hidden: int, rounds: int, inner: int, cg_i
         rows["betty 0.2.1, K=1 (2 threads)"] = run_betty(data, nf, hidden, rounds, inner, cg_iters)
     except ImportError as e:
         rows["betty 0.2.1, K=1 (2 threads)"] = {"skipped": f"betty not importable: {e}"}
-    return {"problem": {"n_train": n_train, "features": d, "hidden": hidden, "inner_steps": inner,
-                        "cg_iters": cg_iters, "rounds": rounds, "method": "implicit_cg"}, "rows": rows}
+    return rows
+
+
+def bench_paths(quick: bool) -> dict:
+    out = {}
+    digits = hc.make_data(1000, 300, 0.4, seed=0)
+    out["digits quickstart (op-overhead-bound)"] = {
+        "problem": {"n_train": 1000, "features": 64, "hidden": 0, "inner_steps": 20, "cg_iters": 20, "rounds": 30},
+        "rows": compare_paths(digits, hc.make_problem(1e-2), 64, 0, 30, 20, 20),
+    }
+    n_train, d, hidden, rounds, inner, cg = (2000, 64, 64, 4, 5, 5) if quick else (8000, 256, 256, 8, 10, 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = synthetic_npz(Path(tmp) / "synthetic.npz", n_train + 2000, d)
+        data, problem, nf = scale_setup(npz, n_train, hidden)
+    out[f"synthetic {n_train}x{d}, MLP {hidden} (matmul-bound)"] = {
+        "problem": {"n_train": n_train, "features": d, "hidden": hidden, "inner_steps": inner, "cg_iters": cg, "rounds": rounds},
+        "rows": compare_paths(data, problem, nf, hidden, rounds, inner, cg),
+    }
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = ap.parse_args()
-    sizes = dict(n_train=2000, d=64, hidden=64, rounds=4, inner=5, cg_iters=5) if args.quick else \
-        dict(n_train=8000, d=256, hidden=256, rounds=8, inner=10, cg_iters=10)
     est = bench_estimators()
     quick = bench_quickstart_rounds()
-    scale = bench_scale(**sizes)
-    out = write("bilevel", {"estimators_quadratic_d200": est, "quickstart_round_by_method": quick, "scale": scale})
+    paths = bench_paths(args.quick)
+    out = write("bilevel", {"estimators_quadratic_d200": est, "quickstart_round_by_method": quick, "paths": paths})
     print("| estimator | options | ms / hypergradient | rel. error |")
     print("|---|---|---|---|")
     for r in est:
@@ -218,16 +231,17 @@ def main() -> None:
     print("|---|---|---|")
     for r in quick:
         print(f"| {r['method']} | {r['round_ms']:.1f} | {r['val_loss_end']:.3f} |")
-    base = scale["rows"]["one process, K=2 (2 threads)"]["round_s"]
-    print(f"\nscale problem: {scale['problem']}")
-    print("| path | s / round | vs one process K=2 | Ray share of round |")
-    print("|---|---|---|---|")
-    for name, r in scale["rows"].items():
-        if "skipped" in r:
-            print(f"| {name} | skipped | | |")
-            continue
-        share = f"{100 * r['comm_share']:.1f}%" if "Ray" in name else "–"
-        print(f"| {name} | {r['round_s']:.3f} | {base / r['round_s']:.2f}× | {share} |")
+    for title, section in paths.items():
+        base = section["rows"]["one process, K=2 (2 threads)"]["round_s"]
+        print(f"\n{title}: {section['problem']}")
+        print("| path | ms / round | speed vs one process K=2 | Ray share of round |")
+        print("|---|---|---|---|")
+        for name, r in section["rows"].items():
+            if "skipped" in r:
+                print(f"| {name} | skipped | | |")
+                continue
+            share = f"{100 * r['comm_share']:.1f}%" if "Ray" in name else "–"
+            print(f"| {name} | {1e3 * r['round_s']:.1f} | {base / r['round_s']:.2f}× | {share} |")
     print(f"\nwrote {out}")
 
 

@@ -116,15 +116,20 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """One ``UpperLearner`` actor and K ``LowerLearner`` actors."""
+    """One ``UpperLearner`` actor and K ``LowerLearner`` actors.
+
+    The driver never waits between the lower and the upper half of a round: the upper step is
+    submitted with the parts' object refs right after the lower tasks, and it returns the next
+    λ as its own object, which the next round broadcasts without another actor call.
+    """
 
     def __init__(self, setup: LearnerSetup, cpus_per_learner: float = 1.0):
         import ray
 
         self.ray, self.setup, self.cpus = ray, setup, cpus_per_learner
         self._spawn(inject_faults=True)
-        self._lam_ref = None
-        self._part_refs: list = []
+        self._lam_ref = None  # λ for the next round, if the last step produced it
+        self._step_ref = None
 
     def _spawn(self, inject_faults: bool) -> None:
         s, ray = self.setup, self.ray
@@ -153,18 +158,21 @@ class RayExecutor:
             raise LearnerError(f"{who} raised {type(cause).__name__}: {first}", str(e)) from None
 
     def broadcast(self) -> None:
-        self._lam_ref = self.upper_actor.lam.remote()
+        if self._lam_ref is None:  # first round, or after a restore
+            self._lam_ref = self.upper_actor.lam.remote()
 
     def lower(self, round_idx: int) -> list[dict[str, float]]:
         refs = [lw.run_round.options(num_returns=2).remote(self._lam_ref, round_idx) for lw in self.lowers]
-        self._part_refs = [r[0] for r in refs]
+        self._step_ref, self._lam_ref = self.upper_actor.step_and_lam.options(num_returns=2).remote(
+            *[r[0] for r in refs]
+        )
         metrics = []
         for i, (_, m) in enumerate(refs):
             metrics.append(self._get(m, f"lower learner {i} in round {round_idx + 1}"))
         return metrics
 
     def upper(self) -> dict[str, float]:
-        return self._get(self.upper_actor.step.remote(*self._part_refs), "upper learner")
+        return self._get(self._step_ref, "upper learner")
 
     def snapshot(self, round_idx: int) -> Snapshot:
         up, meta = self._get(self.upper_actor.snapshot.remote(), "upper learner")
@@ -173,6 +181,7 @@ class RayExecutor:
 
     def restore(self, snap: Snapshot) -> None:
         self.close()
+        self._lam_ref = self._step_ref = None
         self._spawn(inject_faults=False)
         refs = [lw.restore.remote(a) for lw, a in zip(self.lowers, snap.lower)]
         refs.append(self.upper_actor.restore.remote(snap.upper, snap.upper_meta))

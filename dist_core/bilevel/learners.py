@@ -103,6 +103,10 @@ class UpperLearner:
         grad = average([to_params(p) for p in parts])
         return {"hypergrad_norm": self.upper.step(grad)}
 
+    def step_and_lam(self, *parts: Arrays) -> tuple[dict[str, float], Arrays]:
+        """Step, and hand back the new λ as a second object: the next round's broadcast."""
+        return self.step(*parts), self.lam()
+
     def snapshot(self) -> tuple[Arrays, dict]:
         """λ and the optimizer's tensors as arrays; its scalars and groups as JSON."""
         sd = self.upper.opt.state_dict()
