@@ -20,28 +20,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median, write  # noqa: E402
-from dist_core.bilevel import BilevelProblem, hypergradient, solve  # noqa: E402
+from dist_core.bilevel import hypergradient, solve  # noqa: E402
 from dist_core.bilevel.tasks import hyper_cleaning as hc  # noqa: E402
+from dist_core.bilevel.tasks import quadratic  # noqa: E402
 
 
 # ---------------------------------------------------------------- 1. estimators on the quadratic
-def quadratic(d: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    m = torch.randn(d, d, generator=gen, dtype=torch.float64)
-    A = m @ m.T / d + torch.eye(d, dtype=torch.float64)
-    B = torch.randn(d, d, generator=gen, dtype=torch.float64)
-    b = torch.randn(d, generator=gen, dtype=torch.float64)
-    x = torch.randn(d, generator=gen, dtype=torch.float64)
-    rho = 0.1
-    problem = BilevelProblem(lower=lambda y, x, _: 0.5 * y @ A @ y - y @ B @ x,
-                             upper=lambda y, x, _: 0.5 * ((y - b) ** 2).sum() + 0.5 * rho * (x**2).sum())
-    y_star = torch.linalg.solve(A, B @ x)
-    exact = rho * x + B.T @ torch.linalg.solve(A, y_star - b)
-    return problem, x, y_star, exact, float(torch.linalg.eigvalsh(A).max())
-
-
 def bench_estimators(d: int = 200, repeats: int = 5) -> list[dict]:
-    problem, x, y_star, exact, lmax = quadratic(d)
+    q, x = quadratic.make(d)
+    problem, y_star, exact, lmax = q.problem, q.y_star(x), q.hypergradient(x), q.lambda_max
     settings = [
         ("implicit_cg", dict(iters=20)),
         ("implicit_cg", dict(iters=100)),

@@ -7,7 +7,6 @@ prints one line (the traceback is in the run directory's ``run.log``) and exits 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

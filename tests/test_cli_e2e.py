@@ -1,7 +1,6 @@
 """The README's main job through the real CLI on embedded Ray, then kill-and-resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

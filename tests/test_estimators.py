@@ -7,28 +7,17 @@ import torch
 
 from dist_core import spec
 from dist_core.bilevel import BilevelProblem, estimators, hypergradient
+from dist_core.bilevel.tasks import quadratic
 
 D = 20
 
 
 @pytest.fixture(scope="module")
 def quad():
-    """RESEARCH.md §7.1: g = ½yᵀAy − yᵀBx, f = ½‖y − b‖² + (ρ/2)‖x‖² (float64)."""
-    gen = torch.Generator().manual_seed(0)
-    m = torch.randn(D, D, generator=gen, dtype=torch.float64)
-    A = m @ m.T / D + torch.eye(D, dtype=torch.float64)
-    B = torch.randn(D, D, generator=gen, dtype=torch.float64)
-    b = torch.randn(D, generator=gen, dtype=torch.float64)
-    x = torch.randn(D, generator=gen, dtype=torch.float64)
-    rho = 0.1
-    problem = BilevelProblem(
-        lower=lambda y, x, _: 0.5 * y @ A @ y - y @ B @ x,
-        upper=lambda y, x, _: 0.5 * ((y - b) ** 2).sum() + 0.5 * rho * (x**2).sum(),
-    )
-    y_star = torch.linalg.solve(A, B @ x)
-    exact = rho * x + B.T @ torch.linalg.solve(A, y_star - b)
-    lmax = float(torch.linalg.eigvalsh(A).max())
-    return dict(A=A, B=B, b=b, x=x, rho=rho, problem=problem, y_star=y_star, exact=exact, lmax=lmax)
+    q, x = quadratic.make(D)
+    y_star = q.y_star(x)
+    return dict(A=q.A, B=q.B, b=q.b, x=x, rho=q.rho, problem=q.problem, y_star=y_star,
+                exact=q.hypergradient(x), lmax=q.lambda_max)
 
 
 def rel(a, b):
