@@ -14,6 +14,9 @@ class SpecError(DistCoreError):
         self.file, self.line, self.field, self.reason = file, line, field, reason
         super().__init__(f"{file}:{line}: {field}: {reason}")
 
+    def __reduce__(self):  # crosses process boundaries (Ray pickles errors raised in trials)
+        return (SpecError, (self.file, self.line, self.field, self.reason))
+
 
 class RunError(DistCoreError):
     """A run that started and failed; details are in the run directory's log."""

@@ -20,6 +20,10 @@ def _entry(kind: str) -> Callable[..., Any]:
         from .bilevel.job import run
 
         return run
+    if kind == "sweep":
+        from .search.job import run
+
+        return run
     raise RunError(f"kind {kind!r} has no runner")  # unreachable: spec.load checks kinds
 
 
@@ -42,7 +46,8 @@ def run_job(
     run_dir.write_summary(job.kind, job.name, "running", {}, 0.0, None)
     t0 = time.perf_counter()
     try:
-        with runtime.connect(address or job.cluster.address, job.resources.num_cpus):
+        # Tune cleans up trials' placement groups through the State API, served by the dashboard.
+        with runtime.connect(address or job.cluster.address, job.resources.num_cpus, dashboard=job.kind == "sweep"):
             result = _entry(job.kind)(job, run_dir, resume=resume, progress=progress)
     except BaseException as e:
         wall = time.perf_counter() - t0

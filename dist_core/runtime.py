@@ -38,7 +38,7 @@ def resolve_address(address: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def connect(address: str | None = None, num_cpus: float | None = None) -> Iterator[None]:
+def connect(address: str | None = None, num_cpus: float | None = None, dashboard: bool = False) -> Iterator[None]:
     """Start embedded Ray bound to 127.0.0.1, or join ``address``; shut down what we started."""
     import ray
 
@@ -56,7 +56,7 @@ def connect(address: str | None = None, num_cpus: float | None = None) -> Iterat
         else:
             ray.init(
                 num_cpus=int(num_cpus) if num_cpus else None,
-                include_dashboard=False,
+                include_dashboard=dashboard,
                 dashboard_host="127.0.0.1",
                 _node_ip_address="127.0.0.1",
                 **common,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, model_validator
 
 from .errors import SpecError
 
@@ -55,6 +55,7 @@ class UpperSpec(Strict):
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(0.3, gt=0.0)
     init: float = Field(2.0, description="initial λ_i (σ(2) ≈ 0.88: nothing flagged at the start)")
+    hypergradient: bool = Field(True, description="false: λ stays at init (the 'hypergradient off' arm)")
 
 
 class ImplicitCG(Strict):
@@ -120,8 +121,84 @@ class BilevelJob(JobBase):
     bilevel: BilevelSpec = Field(default_factory=BilevelSpec)
 
 
-KINDS: dict[str, type[JobBase]] = {"bilevel": BilevelJob}
-Job = BilevelJob
+# ---------------------------------------------------------------- kind: sweep
+class Distribution(Strict):
+    """One dimension of a search space, over a dotted field of the base job."""
+
+    type: Literal["uniform", "loguniform", "int", "choice", "grid"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Distribution":
+        if self.type in ("uniform", "loguniform", "int"):
+            if self.low is None or self.high is None:
+                raise ValueError(f"{self.type} needs low and high")
+            if not self.low < self.high:
+                raise ValueError(f"low must be < high, got low={self.low}, high={self.high}")
+            if self.type == "loguniform" and self.low <= 0:
+                raise ValueError(f"loguniform needs low > 0, got {self.low}")
+            if self.values is not None:
+                raise ValueError(f"{self.type} takes low/high, not values")
+        elif self.values is None:
+            raise ValueError(f"{self.type} needs a non-empty list of values")
+        return self
+
+    def representatives(self) -> list[Any]:
+        """Values that must each make a valid base job (bounds, or every listed value)."""
+        if self.values is not None:
+            return list(self.values)
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+
+class SchedulerSpec(Strict):
+    name: Literal["fifo", "asha", "pbt"] = "fifo"
+    grace_period: int = Field(5, ge=1, description="ASHA: rounds before a trial may be stopped")
+    reduction_factor: float = Field(3.0, gt=1.0, description="ASHA: keep 1/η of trials per rung")
+    perturbation_interval: int = Field(10, ge=1, description="PBT: rounds between exploit/explore")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="PBT: bottom/top share")
+
+
+class SearchSpec(Strict):
+    space: dict[str, Distribution] = Field(min_length=1)
+    searcher: Literal["random", "grid", "optuna", "hyperopt", "bohb"] = "random"
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(8, ge=1, description="trials (for grid: repeats of the whole grid)")
+    max_concurrent: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1, description="retries of a failed trial (-1: forever)")
+    trial_cpus: float = Field(0.01, gt=0.0, description="the trial's own driver; learners get bundles")
+    seed: int | None = Field(None, description="searcher seed (default: the job's seed)")
+
+
+class SweepJob(JobBase):
+    kind: Literal["sweep"]
+    base: FilePath = Field(description="the job file every trial runs, with the sampled fields set")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="fixed changes to the base, nested like it")
+    search: SearchSpec
+
+    def fixed_overrides(self) -> list[str]:
+        """``overrides`` as ``--set`` strings, one per leaf."""
+        out: list[str] = []
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict) and node and not ("name" in node and prefix.endswith("method")):
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out.append(f"{prefix}={_yaml_value(node)}")
+
+        walk("", self.overrides)
+        return out
+
+
+KINDS: dict[str, type[JobBase]] = {"bilevel": BilevelJob, "sweep": SweepJob}
+Job = BilevelJob | SweepJob
+SWEEPABLE = ("bilevel",)
 
 
 # ---------------------------------------------------------------- loading
@@ -157,7 +234,7 @@ def load_text(text: str, shown: str, overrides: list[str] | None = None) -> Job:
         raise SpecError(shown, _line_of(root, ["kind"]), "kind", f"unknown kind {kind!r} (valid: {', '.join(KINDS)})")
     model = KINDS[kind]
     try:
-        return model.model_validate(data)
+        job = model.model_validate(data)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         path = _data_path(data, err["loc"])
@@ -168,6 +245,52 @@ def load_text(text: str, shown: str, overrides: list[str] | None = None) -> Job:
         if field in set_keys or any(field.startswith(k + ".") for k in set_keys):
             reason += " (from --set)"
         raise SpecError(shown, _line_of(root, path), field, reason) from None
+    if isinstance(job, SweepJob):
+        _check_sweep(job, root, shown)
+    return job
+
+
+def _check_sweep(job: SweepJob, root: yaml.Node | None, shown: str) -> None:
+    """Every searched key must name a field of the base job, and every bound must be valid there."""
+    try:
+        base = load(job.base, job.fixed_overrides())
+    except SpecError as e:
+        if e.file != str(job.base) or e.field == "file":
+            raise
+        raise SpecError(shown, _line_of(root, ["overrides"]), "overrides", f"makes {job.base} invalid: {e.field}: {e.reason.removesuffix(' (from --set)')}") from None
+    if base.kind not in SWEEPABLE:
+        raise SpecError(shown, _line_of(root, ["base"]), "base", f"a sweep wraps a {'/'.join(SWEEPABLE)} job, got kind {base.kind!r}")
+    for key, dist in job.search.space.items():
+        where = ["search", "space", key]
+        line = _line_of(root, where)
+        field = f"search.space.{key}"
+        if not _names_field(base, key.split(".")):
+            raise SpecError(shown, line, field, f"names no field of {job.base}")
+        if job.search.searcher == "grid" and dist.type not in ("grid", "choice"):
+            raise SpecError(shown, line, f"{field}.type", f"the grid searcher needs grid or choice, got {dist.type!r}")
+        for value in dist.representatives():
+            try:
+                load(job.base, job.fixed_overrides() + [f"{key}={_yaml_value(value)}"])
+            except SpecError as e:
+                raise SpecError(shown, line, field, f"value {value!r} is invalid in {job.base}: {e.reason.removesuffix(' (from --set)')}") from None
+
+
+def _names_field(obj: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if isinstance(obj, BaseModel) and part in type(obj).model_fields:
+            obj = getattr(obj, part)
+        elif isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        else:
+            return False
+    return True
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as ``--set`` text: JSON is YAML, and keeps strings, numbers and mappings exact."""
+    import json
+
+    return json.dumps(value)
 
 
 def dump(job: Job) -> str:

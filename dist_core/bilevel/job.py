@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,16 @@ from .tasks import hyper_cleaning as hc
 log = logging.getLogger("dist_core.bilevel")
 
 
+class RunHooks:
+    """Extra observers of a run (no-ops here; a sweep trial reports to Tune)."""
+
+    def on_round(self, round_idx: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_checkpoint(self, round_idx: int, path: Path) -> None:
+        pass
+
+
 @dataclass
 class JobResult:
     metrics: dict[str, Any]
@@ -33,7 +44,20 @@ def steps_per_round(job: BilevelJob) -> int:
     return b.lower.inner_steps + (b.method.steps if b.method.name == "unrolled" else 0)
 
 
-def run(job: BilevelJob, run_dir: RunDir, resume: bool = False, progress: bool = True) -> JobResult:
+def run(
+    job: BilevelJob,
+    run_dir: RunDir,
+    resume: bool = False,
+    progress: bool = True,
+    resume_from: Snapshot | None = None,
+    hooks: "RunHooks | None" = None,
+) -> JobResult:
+    """Run a bilevel job into ``run_dir``.
+
+    ``resume`` continues from the run directory's latest checkpoint; ``resume_from`` from a given
+    snapshot (Tune hands one over when it restores or exploits a trial). ``hooks`` see every round
+    and checkpoint as well (a sweep reports them to Tune).
+    """
     b = job.bilevel
     k = b.lower.learners
     path = str(b.data.path) if b.data.path is not None else None
@@ -45,31 +69,36 @@ def run(job: BilevelJob, run_dir: RunDir, resume: bool = False, progress: bool =
     eval_batch = hc.eval_batch(data)
     thetas = [hc.init_model(n_features, b.model.hidden, job.seed + i) for i in range(k)]
     lam0 = torch.full((b.data.n_train,), b.upper.init)
+    upper_lr = b.upper.lr if b.upper.hypergradient else 0.0  # "off": λ stays where it starts
 
     baseline = _baseline(job, problem, thetas, shards, eval_batch, progress) if b.baseline else None
 
-    resume_from = None
-    if resume:
+    if resume and resume_from is None:
         ckpt = run_dir.latest_checkpoint()
         if ckpt is not None:
             from .. import checkpoint
 
             resume_from = Snapshot.from_flat(*checkpoint.load(ckpt))
             log.info("resuming from %s (round %d)", ckpt, resume_from.round)
+    if resume or resume_from is not None:
         run_dir.truncate_metrics(resume_from.round if resume_from else 0)
 
     def on_round(round_idx: int, metrics: dict[str, float]) -> None:
         run_dir.log_metrics({k: v for k, v in metrics.items() if k != "compute_s"})
+        if hooks is not None:
+            hooks.on_round(round_idx, metrics)
 
     def on_checkpoint(snap: Snapshot) -> None:
         flat, meta = snap.to_flat()
-        run_dir.save_checkpoint(snap.round, flat, meta)
+        path = run_dir.save_checkpoint(snap.round, flat, meta)
+        if hooks is not None:
+            hooks.on_checkpoint(snap.round, path)
 
     result = solve(
         problem, thetas, lam0, shards, upper_batch,
         lower_learners=k, method=b.method.name, method_options=b.method_options(),
         rounds=b.rounds, inner_steps=b.lower.inner_steps, inner_lr=b.lower.lr,
-        upper_lr=b.upper.lr, upper_optimizer=b.upper.optimizer, eval_batch=eval_batch,
+        upper_lr=upper_lr, upper_optimizer=b.upper.optimizer, eval_batch=eval_batch,
         backend=b.backend, cpus_per_learner=job.resources.cpus_per_learner,
         checkpoint_every=b.checkpoint_every, on_checkpoint=on_checkpoint, resume_from=resume_from,
         max_restarts=b.max_restarts, on_round=on_round,
