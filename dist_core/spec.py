@@ -192,7 +192,8 @@ class SweepJob(JobBase):
             else:
                 out.append(f"{prefix}={_yaml_value(node)}")
 
-        walk("", self.overrides)
+        if self.overrides:
+            walk("", self.overrides)
         return out
 
 
@@ -418,4 +419,6 @@ def _reason(err: dict, holder: type[BaseModel] | None) -> str:
     if t in ("path_not_file", "path_not_exists"):
         return f"no such file: {got}"
     msg = err["msg"].removeprefix("Value error, ")
+    if t == "value_error":  # our own validators already name the offending values
+        return msg
     return f"{msg[:1].lower()}{msg[1:]}, got {got!r}"

@@ -1,0 +1,188 @@
+"""Sweeps through the real CLI (Ray Tune with nested learner actors), resume, and PBT's guard."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dist_core import cli
+from dist_core.search.schedulers import make_scheduler, may_exploit
+from dist_core.spec import SchedulerSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+CMD = [sys.executable, str(ROOT / "launch.py")]
+# Six short trials, K=1 learner each at 0.99 CPU: two trials run at once on 2 CPUs.
+SMALL = ["--set", "overrides.bilevel.rounds=20", "--set", "overrides.bilevel.lower.learners=1",
+         "--set", "overrides.resources.cpus_per_learner=0.99", "--no-progress"]
+
+
+def sweep_dirs(out: Path) -> Path:
+    dirs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def finished_trials(run_dir: Path) -> dict[str, float]:
+    """Trial directory -> mtime of its result.json, for trials whose last result says done."""
+    done = {}
+    for result in run_dir.glob("tune/run_trial_*/result.json"):
+        lines = result.read_text().splitlines()
+        if lines and json.loads(lines[-1]).get("done"):
+            done[result.parent.name] = result.stat().st_mtime
+    return done
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweeps")
+    proc = subprocess.run([*CMD, "run", "jobs/sweep_quickstart.yaml", "--out", str(out), *SMALL],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, sweep_dirs(out)
+
+
+def test_six_trials_with_asha_and_nested_actors(sweep):
+    proc, run_dir = sweep
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["kind"] == "sweep"
+    assert summary["metrics"]["trials"] == 6 and summary["metrics"]["errored"] == 0
+    assert set(summary["best_config"]) == {"bilevel.lower.lr", "bilevel.lower.inner_steps", "bilevel.method"}
+    rows = (run_dir / "trials.csv").read_text().splitlines()
+    assert len(rows) == 7 and rows[0].startswith("trial,bilevel.lower.lr")
+    # Every trial ran its learner on an actor of its own and reported every round.
+    for trial in run_dir.glob("tune/run_trial_*"):
+        metrics = [json.loads(line) for line in (trial / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [m["round"] for m in metrics] == list(range(1, len(metrics) + 1))
+    assert "best val_loss" in proc.stdout
+    for png in ("metric_by_trial.png", "best_trial.png"):
+        assert (run_dir / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_asha_stopped_some_trials_early(sweep):
+    _, run_dir = sweep
+    rounds = [int(line.split(",")[-3]) for line in (run_dir / "trials.csv").read_text().splitlines()[1:]]
+    assert max(rounds) == 20 and min(rounds) < 20
+
+
+def _kill_tree(pid: int) -> None:
+    parent = psutil.Process(pid)
+    procs = [parent, *parent.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=15)
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    out = tmp_path / "sweeps"
+    driver = subprocess.Popen([*CMD, "run", "jobs/sweep_quickstart.yaml", "--out", str(out),
+                               *SMALL, "--set", "search.max_concurrent=1", "--set", "search.scheduler.name=fifo"],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline:
+            if out.exists() and any(out.iterdir()) and len(finished_trials(sweep_dirs(out))) >= 2:
+                break
+            assert driver.poll() is None, "sweep finished before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("two trials did not finish in time")
+    finally:
+        _kill_tree(driver.pid)
+    run_dir = sweep_dirs(out)
+    before = finished_trials(run_dir)
+    assert 2 <= len(before) < 6
+
+    proc = subprocess.run([*CMD, "resume", str(run_dir), "--no-progress"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = finished_trials(run_dir)
+    assert len(after) == 6
+    assert all(after[name] == mtime for name, mtime in before.items())  # not re-run
+    assert json.loads((run_dir / "summary.json").read_text())["metrics"]["trials"] == 6
+
+
+def test_cluster_too_small_fails_before_starting(tmp_path):
+    proc = subprocess.run([*CMD, "run", "jobs/sweep_quickstart.yaml", "--out", str(tmp_path),
+                           "--set", "resources.num_cpus=1", "--set", "search.trial_cpus=1", "--no-progress"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1
+    assert ("one trial needs 1.98 CPUs (1 for the trial + 2 learners x 0.49) but the cluster has 1; "
+            "lower bilevel.lower.learners or resources.cpus_per_learner, or add CPUs") in proc.stderr
+
+
+# ------------------------------------------------------------ PBT never copies a trial without a checkpoint
+class _Trial:
+    def __init__(self, name):
+        self.name = name
+        self.experiment_tag = name
+
+    def __str__(self):
+        return self.name
+
+
+def test_pbt_rule():
+    assert may_exploit(None) is False
+    assert may_exploit("/some/checkpoint") is True
+
+
+def test_pbt_refuses_to_exploit_a_trial_without_checkpoint(monkeypatch):
+    from ray.tune import uniform
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    sched = make_scheduler(SchedulerSpec(name="pbt"), {"bilevel.lower.lr": uniform(0.1, 1.0)}, max_t=20)
+    copied = []
+    monkeypatch.setattr(PopulationBasedTraining, "_exploit", lambda self, tc, t, src: copied.append((t, src)))
+    weak, strong = _Trial("weak"), _Trial("strong")
+    sched._trial_state[weak] = _PBTTrialState(weak)
+    sched._trial_state[strong] = _PBTTrialState(strong)
+
+    sched._exploit(None, weak, strong)  # strong has not reported a checkpoint yet
+    assert copied == []
+    sched._trial_state[strong].last_checkpoint = "checkpoint_000001"
+    sched._exploit(None, weak, strong)
+    assert copied == [(weak, strong)]
+
+
+# ------------------------------------------------------------ sweep files that are wrong
+SWEEP = """\
+kind: sweep
+name: s
+base: jobs/quickstart.yaml
+search:
+  space:
+    bilevel.lower.lr: {type: loguniform, low: 0.05, high: 1.0}
+  searcher: random
+"""
+
+
+@pytest.mark.parametrize("text,expected", [
+    (SWEEP.replace("bilevel.lower.lr:", "bilevel.lower.lrr:"),
+     "6: search.space.bilevel.lower.lrr: names no field of jobs/quickstart.yaml"),
+    (SWEEP.replace("low: 0.05", "low: 2.0"),
+     "6: search.space.bilevel.lower.lr: low must be < high, got low=2.0, high=1.0"),
+    (SWEEP.replace("type: loguniform, low: 0.05", "type: uniform, low: -0.5"),
+     "6: search.space.bilevel.lower.lr: value -0.5 is invalid in jobs/quickstart.yaml: must be > 0.0, got -0.5"),
+    (SWEEP.replace("searcher: random", "searcher: grid"),
+     "6: search.space.bilevel.lower.lr.type: the grid searcher needs grid or choice, got 'loguniform'"),
+    (SWEEP.replace("searcher: random", "searcher: smac"),
+     "7: search.searcher: must be one of 'random', 'grid', 'optuna', 'hyperopt' or 'bohb', got 'smac'"),
+    (SWEEP.replace("base: jobs/quickstart.yaml", "base: jobs/missing.yaml"),
+     "3: base: no such file: jobs/missing.yaml"),
+    (SWEEP + "overrides:\n  bilevel:\n    rounds: 0\n",
+     "8: overrides: makes jobs/quickstart.yaml invalid: bilevel.rounds: must be >= 1, got 0"),
+])
+def test_bad_sweep_files(tmp_path, capsys, monkeypatch, text, expected):
+    monkeypatch.chdir(ROOT)
+    job = tmp_path / "sweep.yaml"
+    job.write_text(text)
+    assert cli.main(["validate", str(job)]) == 2
+    assert capsys.readouterr().err == f"{job}:{expected}\n"
