@@ -1,5 +1,6 @@
 """Sweeps through the real CLI (Ray Tune with nested learner actors), resume, and PBT's guard."""
 
+import csv
 import json
 import signal
 import subprocess
@@ -28,13 +29,9 @@ def sweep_dirs(out: Path) -> Path:
 
 
 def finished_trials(run_dir: Path) -> dict[str, float]:
-    """Trial directory -> mtime of its result.json, for trials whose last result says done."""
-    done = {}
-    for result in run_dir.glob("tune/run_trial_*/result.json"):
-        lines = result.read_text().splitlines()
-        if lines and json.loads(lines[-1]).get("done"):
-            done[result.parent.name] = result.stat().st_mtime
-    return done
+    """Trial directory -> mtime of its metrics, for trials that wrote their own summary (finished)."""
+    return {s.parent.parent.name: (s.parent / "metrics.jsonl").stat().st_mtime_ns
+            for s in run_dir.glob("tune/run_trial_*/run/summary.json")}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +62,8 @@ def test_six_trials_with_asha_and_nested_actors(sweep):
 
 def test_asha_stopped_some_trials_early(sweep):
     _, run_dir = sweep
-    rounds = [int(line.split(",")[-3]) for line in (run_dir / "trials.csv").read_text().splitlines()[1:]]
+    with open(run_dir / "trials.csv", newline="") as fh:
+        rounds = [int(row["rounds"]) for row in csv.DictReader(fh)]
     assert max(rounds) == 20 and min(rounds) < 20
 
 
