@@ -24,6 +24,10 @@ def _entry(kind: str) -> Callable[..., Any]:
         from .search.job import run
 
         return run
+    if kind == "diffusion_schedule":
+        from .diffusion.job import run
+
+        return run
     raise RunError(f"kind {kind!r} has no runner")  # unreachable: spec.load checks kinds
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 
@@ -121,6 +121,54 @@ class BilevelJob(JobBase):
     bilevel: BilevelSpec = Field(default_factory=BilevelSpec)
 
 
+# ---------------------------------------------------------------- kind: diffusion_schedule
+class RingSpec(Strict):
+    modes: int = Field(8, ge=1)
+    radius: float = Field(2.0, gt=0.0)
+    std: float = Field(0.15, gt=0.0)
+
+
+class ScheduleBilevelSpec(Strict):
+    outer_steps: int = Field(100, ge=1)
+    y_steps: int = Field(20, ge=1, description="DDPM steps on θ_y per outer step")
+    z_steps: int = Field(5, ge=1, description="steps on θ_z (f/γ + g) per outer step")
+    gamma: float = Field(1.0, gt=0.0)
+    lr_psi: float = Field(0.02, gt=0.0)
+    warmup_steps: int = Field(500, ge=0)
+
+
+class DiffusionSpec(Strict):
+    data: RingSpec = Field(default_factory=RingSpec)
+    T: int = Field(100, ge=2, description="diffusion timesteps")
+    ddim_steps: int = Field(10, ge=1)
+    hidden: int = Field(64, ge=4)
+    batch: int = Field(256, ge=8)
+    lr: float = Field(2e-3, gt=0.0)
+    psi0: list[float] = Field([0.0, 1.0, 1.0, 0.008], min_length=4, max_length=4,
+                              description="(s, e, τ, ε); (0, 1, 1, 0.008) is the cosine schedule")
+    bilevel: ScheduleBilevelSpec = Field(default_factory=ScheduleBilevelSpec)
+    compare_cosine: bool = Field(True, description="also train under the fixed cosine schedule, same steps")
+
+    @field_validator("psi0")
+    @classmethod
+    def _feasible(cls, psi0: list[float]) -> list[float]:
+        s, e, tau, eps = psi0
+        if not (0.0 <= s < e <= 1.0 and tau > 0 and 0 < eps <= 1):
+            raise ValueError(f"needs 0 <= s < e <= 1, tau > 0, 0 < eps <= 1, got {psi0}")
+        return psi0
+
+    @model_validator(mode="after")
+    def _steps(self) -> "DiffusionSpec":
+        if self.ddim_steps > self.T:
+            raise ValueError(f"ddim_steps ({self.ddim_steps}) must be <= T ({self.T})")
+        return self
+
+
+class DiffusionJob(JobBase):
+    kind: Literal["diffusion_schedule"]
+    diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
+
+
 # ---------------------------------------------------------------- kind: sweep
 class Distribution(Strict):
     """One dimension of a search space, over a dotted field of the base job."""
@@ -197,8 +245,8 @@ class SweepJob(JobBase):
         return out
 
 
-KINDS: dict[str, type[JobBase]] = {"bilevel": BilevelJob, "sweep": SweepJob}
-Job = BilevelJob | SweepJob
+KINDS: dict[str, type[JobBase]] = {"bilevel": BilevelJob, "sweep": SweepJob, "diffusion_schedule": DiffusionJob}
+Job = BilevelJob | SweepJob | DiffusionJob
 SWEEPABLE = ("bilevel",)
 
 

@@ -1,6 +1,10 @@
 """Noise-schedule family, the ZO estimator against autograd, and the bilevel loop on a 2-D toy."""
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +81,21 @@ def test_bilevel_loop_moves_psi_and_counts_steps():
     assert [h["lower_steps"] for h in history] == [20 + 5 * k for k in range(1, 6)]
     assert not torch.allclose(psi, torch.tensor(schedule.COSINE, dtype=torch.float64))
     assert all(math.isfinite(h["upper"]) for h in history)
+
+
+def test_diffusion_schedule_job_through_the_cli(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    small = ["--set", "diffusion.bilevel.outer_steps=4", "--set", "diffusion.bilevel.warmup_steps=20",
+             "--set", "diffusion.bilevel.y_steps=5", "--set", "diffusion.bilevel.z_steps=1", "--set", "diffusion.T=20",
+             "--set", "diffusion.ddim_steps=4", "--set", "diffusion.hidden=16", "--no-progress"]
+    proc = subprocess.run([sys.executable, str(root / "launch.py"), "run", "jobs/diffusion_schedule.yaml",
+                           "--out", str(tmp_path), *small], capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = next(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["kind"] == "diffusion_schedule" and summary["status"] == "succeeded"
+    m = summary["metrics"]
+    assert m["lower_steps"] == 20 + 4 * 6
+    assert m["energy_distance"] > 0 and m["energy_distance_cosine"] > 0 and len(summary["psi"]) == 4
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    assert (run_dir / "plots" / "schedule.png").read_bytes()[:4] == b"\x89PNG"
