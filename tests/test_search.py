@@ -184,3 +184,25 @@ def test_bad_sweep_files(tmp_path, capsys, monkeypatch, text, expected):
     job.write_text(text)
     assert cli.main(["validate", str(job)]) == 2
     assert capsys.readouterr().err == f"{job}:{expected}\n"
+
+
+# ------------------------------------------------------------ every searcher suggests configs of our space
+@pytest.mark.parametrize("name", ["optuna", "hyperopt", "bohb"])
+def test_searcher_suggests_points_of_the_space(name):
+    from dist_core.search.searchers import make_searcher
+    from dist_core.search.space import tune_space
+    from dist_core.spec import Distribution
+
+    space = tune_space({
+        "bilevel.lower.lr": Distribution(type="loguniform", low=0.05, high=1.0),
+        "bilevel.lower.inner_steps": Distribution(type="int", low=5, high=30),
+        "bilevel.upper.optimizer": Distribution(type="choice", values=["adam", "sgd"]),
+    })
+    searcher = make_searcher(name, max_concurrent=2, seed=0)
+    assert searcher.set_search_properties("val_loss", "min", space)
+    for i in range(3):
+        config = searcher.suggest(f"t{i}")
+        assert 0.05 <= config["bilevel.lower.lr"] <= 1.0
+        assert 5 <= config["bilevel.lower.inner_steps"] <= 30
+        assert config["bilevel.upper.optimizer"] in ("adam", "sgd")
+        searcher.on_trial_complete(f"t{i}", {"val_loss": 1.0 / (i + 1), "training_iteration": 1})
