@@ -9,11 +9,17 @@
    Ray Tune random search and Optuna TPE (each trial trains a DDPM from scratch under a fixed ψ),
    at equal total lower-level training steps, 3 seeds each. Metric: energy distance of 1,000 DDIM
    samples to 1,000 held-out points (same noise and data for every method).
+3. Hybrid search on the quickstart: lower-level training steps (rounds × inner steps × learners)
+   until the validation loss reaches Optuna-TPE's best, for TPE and random search with the
+   hypergradient off, the hybrid (random search, hypergradient on) and one pure-hypergradient run.
+
+``--parts`` picks sections; results merge into bench/results/tune.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -110,6 +116,73 @@ def bilevel(setup: Setup, budget: int, seed: int, y_steps: int = 20, z_steps: in
     return curve
 
 
+HYBRID_SPACE = {
+    "bilevel.lower.lr": {"type": "loguniform", "low": 0.05, "high": 1.0},
+    "bilevel.lower.inner_steps": {"type": "int", "low": 5, "high": 30},
+    "bilevel.model.weight_decay": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+}
+
+
+def sweep_curves(searcher: str, hypergradient: bool, trials: int, rounds: int, seed: int) -> list[list[dict]]:
+    """Run a quickstart sweep in this process; per trial, its rounds' val_loss and step counts."""
+    import json as _json
+    import tempfile
+
+    from dist_core import runner, spec
+
+    overrides = [
+        f"search.space={_json.dumps(HYBRID_SPACE)}", f"search.searcher={searcher}", f"search.num_samples={trials}",
+        "search.scheduler.name=fifo", f"search.seed={seed}",
+        f"overrides.bilevel.rounds={rounds}", f"overrides.bilevel.upper.hypergradient={str(hypergradient).lower()}",
+        "overrides.bilevel.method={name: penalty}",
+    ]
+    job = spec.load("jobs/sweep_quickstart.yaml", overrides)
+    with tempfile.TemporaryDirectory() as out:
+        runner.run_job(job, Path(out), progress=False, echo=lambda _: None)
+        curves = []
+        for trial in sorted(Path(out).glob("*/tune/run_trial_*"), key=lambda p: (p / "run" / "summary.json").stat().st_mtime):
+            resolved = spec.load(trial / "run" / "spec.yaml")
+            per_round = resolved.bilevel.lower.inner_steps * resolved.bilevel.lower.learners
+            rows = [_json.loads(x) for x in (trial / "run" / "metrics.jsonl").read_text().splitlines()]
+            curves.append([{"steps": r["round"] * per_round, "val_loss": r["val_loss"]} for r in rows])
+    return curves
+
+
+def steps_to_reach(curves: list[list[dict]], target: float) -> int | None:
+    """Cumulative lower steps over trials (in completion order) until val_loss <= target."""
+    spent = 0
+    for curve in curves:
+        for point in curve:
+            if point["val_loss"] <= target:
+                return spent + point["steps"]
+        spent += curve[-1]["steps"] if curve else 0
+    return None
+
+
+def hybrid(trials: int, rounds: int, seed: int = 0) -> dict:
+    from dist_core import runner, spec
+
+    arms = {
+        "optuna TPE, hypergradient off": sweep_curves("optuna", False, trials, rounds, seed),
+        "random, hypergradient off": sweep_curves("random", False, trials, rounds, seed),
+        "hybrid: random + hypergradient": sweep_curves("random", True, trials, rounds, seed),
+    }
+    import json as _json
+    import tempfile
+
+    job = spec.load("jobs/quickstart.yaml", ["bilevel.baseline=false", "bilevel.checkpoint_every=0"])
+    with tempfile.TemporaryDirectory() as out:
+        runner.run_job(job, Path(out), progress=False, echo=lambda _: None)
+        rows = [_json.loads(x) for x in next(Path(out).glob("*/metrics.jsonl")).read_text().splitlines()]
+    per_round = job.bilevel.lower.inner_steps * job.bilevel.lower.learners
+    arms["pure hypergradient (quickstart)"] = [[{"steps": r["round"] * per_round, "val_loss": r["val_loss"]} for r in rows]]
+    target = min(p["val_loss"] for c in arms["optuna TPE, hypergradient off"] for p in c)
+    table = {name: {"steps_to_target": steps_to_reach(c, target),
+                    "best_val_loss": min(p["val_loss"] for cc in c for p in cc),
+                    "total_steps": sum(cc[-1]["steps"] for cc in c if cc)} for name, c in arms.items()}
+    return {"target_val_loss": target, "trials": trials, "rounds": rounds, "arms": table}
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -139,35 +212,57 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--parts", default="overhead,diffusion,hybrid", help="comma-separated sections to run")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    previous = RESULTS / "tune.json"
+    doc = json.loads(previous.read_text()) if previous.exists() else {}
+    payload = {k: doc[k] for k in ("overhead", "diffusion", "hybrid") if k in doc}
     trials, per_trial, seeds = (4, 300, 1) if args.quick else (8, 1500, 3)
     setup = Setup()
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, logging_level="ERROR")
     try:
-        overhead = [per_trial_overhead(4 if args.quick else 10, reuse) for reuse in (False, True)]
-        budget = trials * per_trial
-        results = {"random": [], "optuna": [], "bilevel": []}
-        for seed in range(seeds):
-            results["random"].append(blackbox("random", setup, trials, per_trial, seed))
-            results["optuna"].append(blackbox("optuna", setup, trials, per_trial, seed))
-            results["bilevel"].append(bilevel(setup, budget, seed, warmup=min(500, budget // 4)))
+        if "overhead" in parts:
+            payload["overhead"] = [per_trial_overhead(4 if args.quick else 10, reuse) for reuse in (False, True)]
+        if "diffusion" in parts:
+            budget = trials * per_trial
+            results = {"random": [], "optuna": [], "bilevel": []}
+            for seed in range(seeds):
+                results["random"].append(blackbox("random", setup, trials, per_trial, seed))
+                results["optuna"].append(blackbox("optuna", setup, trials, per_trial, seed))
+                results["bilevel"].append(bilevel(setup, budget, seed, warmup=min(500, budget // 4)))
+            finals = {m: [runs[-1]["best_energy"] for runs in v] for m, v in results.items()}
+            plot(results, RESULTS / "diffusion.png")
+            payload["diffusion"] = {"budget_lower_steps": budget, "trials": trials, "steps_per_trial": per_trial,
+                                    "final_energy": finals, "curves": results}
+        if "hybrid" in parts:
+            payload["hybrid"] = hybrid(trials=4 if args.quick else 12, rounds=10 if args.quick else 40)
     finally:
         ray.shutdown()
-    finals = {m: [runs[-1]["best_energy"] for runs in v] for m, v in results.items()}
-    plot(results, RESULTS / "diffusion.png")
-    out = write("tune", {"overhead": overhead, "diffusion": {"budget_lower_steps": budget, "trials": trials,
-                                                             "steps_per_trial": per_trial, "final_energy": finals,
-                                                             "curves": results}})
+    out = write("tune", payload)
+    report(payload)
+    print(f"\nwrote {out}")
+
+
+def report(payload: dict) -> None:
+    overhead = payload.get("overhead", [])
     print("| Tune, 1-second trials | trials | wall s | per-trial overhead | fixed start-up s |")
     print("|---|---|---|---|---|")
     for o in overhead:
         print(f"| reuse_actors={o['reuse_actors']} | {o['trials']} | {o['wall_s'][0]:.1f}, {o['wall_s'][1]:.1f} | "
               f"{100 * o['per_trial_overhead']:.0f}% | {o['fixed_s']:.1f} |")
-    print(f"\n| schedule search ({budget} lower steps) | final energy distance, per seed | mean |")
-    print("|---|---|---|")
-    for m, v in finals.items():
-        print(f"| {m} | {', '.join(f'{x:.4f}' for x in v)} | {sum(v) / len(v):.4f} |")
-    print(f"\nwrote {out}")
+    if "diffusion" in payload:
+        d = payload["diffusion"]
+        print(f"\n| schedule search ({d['budget_lower_steps']} lower steps) | final energy distance, per seed | mean |")
+        print("|---|---|---|")
+        for m, v in d["final_energy"].items():
+            print(f"| {m} | {', '.join(f'{x:.4f}' for x in v)} | {sum(v) / len(v):.4f} |")
+    if "hybrid" in payload:
+        h = payload["hybrid"]
+        print(f"\n| quickstart arm | steps to TPE's best ({h['target_val_loss']:.3f}) | best val loss | steps spent |")
+        print("|---|---|---|---|")
+        for name, a in h["arms"].items():
+            print(f"| {name} | {a['steps_to_target']} | {a['best_val_loss']:.3f} | {a['total_steps']} |")
 
 
 if __name__ == "__main__":

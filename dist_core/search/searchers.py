@@ -13,11 +13,11 @@ _INSTALL = {
 
 
 def make_searcher(name: str, max_concurrent: int, seed: int | None) -> Any:
-    """``None`` means Tune's BasicVariantGenerator (random sampling, and grid expansion)."""
-    from ray.tune.search import ConcurrencyLimiter
+    """Random and grid use Tune's BasicVariantGenerator (seeded, so a sweep can be repeated)."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     if name in ("random", "grid"):
-        return None
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
     try:
         if name == "optuna":
             import optuna
