@@ -116,6 +116,17 @@ def bilevel(setup: Setup, budget: int, seed: int, y_steps: int = 20, z_steps: in
     return curve
 
 
+def cosine_control(setup: Setup, budget: int, seed: int) -> float:
+    """The fixed cosine schedule, one model trained for the whole budget: separates 'better ψ'
+    from 'one long training run' in the bilevel result."""
+    from dist_core.diffusion.schedule import COSINE
+
+    psi = torch.tensor(COSINE, dtype=torch.float64)
+    model = train_fixed(setup, psi, budget, seed=seed)
+    with torch.no_grad():
+        return float(final_evaluator(setup).objective(model, psi))
+
+
 HYBRID_SPACE = {
     "bilevel.lower.lr": {"type": "loguniform", "low": 0.05, "high": 1.0},
     "bilevel.lower.inner_steps": {"type": "int", "low": 5, "high": 30},
@@ -235,6 +246,10 @@ def main() -> None:
             plot(results, RESULTS / "diffusion.png")
             payload["diffusion"] = {"budget_lower_steps": budget, "trials": trials, "steps_per_trial": per_trial,
                                     "final_energy": finals, "curves": results}
+        if "cosine" in parts and "diffusion" in payload:
+            d = payload["diffusion"]
+            d["final_energy"]["cosine, one run of the whole budget"] = [
+                cosine_control(setup, d["budget_lower_steps"], seed) for seed in range(len(d["final_energy"]["bilevel"]))]
         if "hybrid" in parts:
             payload["hybrid"] = hybrid(trials=4 if args.quick else 12, rounds=10 if args.quick else 40)
     finally:

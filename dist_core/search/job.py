@@ -69,9 +69,10 @@ def run(job: spec.SweepJob, run_dir: RunDir, resume: bool = False, progress: boo
                 search_alg=make_searcher(s.searcher, s.max_concurrent, s.seed if s.seed is not None else job.seed),
                 scheduler=make_scheduler(s.scheduler, space, max_t=base.bilevel.rounds),
                 max_concurrent_trials=s.max_concurrent,
-                # A trial's process imports torch and Ray once, not once per trial: 12% per-trial
-                # overhead on 1-second trials instead of 208% (bench/tune.py). Trials share no state.
-                reuse_actors=True,
+                # Off, although reuse cuts Tune's per-trial overhead on 1-second trials from 208% to
+                # 12% (bench/tune.py): in Ray 2.60 a reused function-trainable actor did not write
+                # its later trials into their own directories (seen: 2 of 4 trials had no run/).
+                reuse_actors=False,
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=str(storage), verbose=1 if progress else 0,
