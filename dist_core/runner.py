@@ -59,12 +59,12 @@ def run_job(
         run_dir.write_log(getattr(e, "traceback_text", None) or traceback.format_exc())
         latest = run_dir.latest_checkpoint()
         run_dir.write_summary(job.kind, job.name, status, {}, wall, str(latest) if latest else None,
-                              error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                              error=_one_line(e))
         run_dir.detach_log()
         if isinstance(e, (KeyboardInterrupt, RunError)):
             raise
         where = run_dir.path / "run.log"
-        raise RunError(f"{job.name} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+        raise RunError(f"{job.name} failed: {_one_line(e)} "
                        f"(traceback in {where}; continue with: launch.py resume {run_dir.path})") from None
     wall = time.perf_counter() - t0
     summary = run_dir.write_summary(job.kind, job.name, "succeeded", result.metrics, wall,
@@ -72,6 +72,14 @@ def run_job(
     log.info("finished in %.1f s", wall)
     run_dir.detach_log()
     return summary
+
+
+def _one_line(e: BaseException) -> str:
+    """The informative line of an error: Ray's wrapped errors start with 'Traceback', end with it."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
 
 
 def resume_job(path: Path, out: Path = Path("runs"), address: str | None = None, progress: bool = True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,8 @@ def run(job: spec.SweepJob, run_dir: RunDir, resume: bool = False, progress: boo
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, num_samples=s.num_samples,
                 search_alg=make_searcher(s.searcher, s.max_concurrent, s.seed if s.seed is not None else job.seed),
-                scheduler=make_scheduler(s.scheduler, space, max_t=base.bilevel.rounds),
+                scheduler=make_scheduler(s.scheduler, space, max_t=base.bilevel.rounds,
+                                         values={k: d.values for k, d in s.space.items() if d.values is not None}),
                 max_concurrent_trials=s.max_concurrent,
                 # Off, although reuse cuts Tune's per-trial overhead on 1-second trials from 208% to
                 # 12% (bench/tune.py): in Ray 2.60 a reused function-trainable actor did not write
@@ -77,7 +79,8 @@ def run(job: spec.SweepJob, run_dir: RunDir, resume: bool = False, progress: boo
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=str(storage), verbose=1 if progress else 0,
                 failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # PBT copies other trials' checkpoints: keep a few more than the newest two.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if s.scheduler.name == "pbt" else 2),
             ),
         )
     grid = tuner.fit()
@@ -102,7 +105,9 @@ def trial_rows(grid: Any, metric: str, mode: str, keys: list[str]) -> list[dict[
         df = result.metrics_dataframe
         series = df[metric].dropna().tolist() if df is not None and metric in df else []
         best = (min(series) if mode == "min" else max(series)) if series else float("nan")
-        trial = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        # From the trial's own directory: after a PBT exploit, its metrics carry the source's id.
+        match = re.search(r"_([0-9a-f]+_\d{5})", Path(result.path).name)
+        trial = match.group(1) if match else Path(result.path).name
         rows.append({
             "trial": trial, **{k: result.config.get(k) for k in keys},
             "metric": best, "last": series[-1] if series else float("nan"), "rounds": len(series),

@@ -20,7 +20,7 @@ def may_exploit(source_checkpoint: Any) -> bool:
     return source_checkpoint is not None
 
 
-def make_scheduler(spec: SchedulerSpec, space: dict[str, Any], max_t: int) -> Any:
+def make_scheduler(spec: SchedulerSpec, space: dict[str, Any], max_t: int, values: dict[str, list] | None = None) -> Any:
     """Metric and mode come from ``TuneConfig`` (Tune refuses them in two places)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
@@ -39,7 +39,11 @@ def make_scheduler(spec: SchedulerSpec, space: dict[str, Any], max_t: int) -> An
                 return
             return super()._exploit(tune_controller, trial, trial_to_clone)
 
-    mutations = {k: v for k, v in space.items() if hasattr(v, "sample")}  # grid entries can't mutate
+    # PBT multiplies numeric values by 0.8/1.2 (rounding ints) but must shift or resample
+    # categorical ones within their list: ``values`` holds the lists of choice/grid dimensions.
+    values = values or {}
+    mutations = {k: (list(values[k]) if k in values else v) for k, v in space.items()
+                 if k in values or hasattr(v, "sample")}
     return CheckpointedPBT(time_attr="training_iteration",
                            perturbation_interval=spec.perturbation_interval,
                            quantile_fraction=spec.quantile_fraction, hyperparam_mutations=mutations)
