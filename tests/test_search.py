@@ -206,3 +206,24 @@ def test_searcher_suggests_points_of_the_space(name):
         assert 5 <= config["bilevel.lower.inner_steps"] <= 30
         assert config["bilevel.upper.optimizer"] in ("adam", "sgd")
         searcher.on_trial_complete(f"t{i}", {"val_loss": 1.0 / (i + 1), "training_iteration": 1})
+
+
+def test_pbt_explores_categorical_and_integer_dimensions_validly():
+    """Ray's own PBT explore step on our mutations: choices stay choices, ints stay ints."""
+    from ray.tune.schedulers.pbt import _explore
+
+    from dist_core.search.space import tune_space
+    from dist_core.spec import Distribution
+
+    methods = [{"name": "penalty"}, {"name": "implicit_cg", "iters": 10}]
+    spec_space = {
+        "bilevel.method": Distribution(type="choice", values=methods),
+        "bilevel.lower.inner_steps": Distribution(type="int", low=5, high=30),
+    }
+    sched = make_scheduler(SchedulerSpec(name="pbt"), tune_space(spec_space), max_t=20,
+                           values={"bilevel.method": methods})
+    config = {"bilevel.method": methods[0], "bilevel.lower.inner_steps": 17}
+    for _ in range(50):
+        new, _ = _explore(config, sched._hyperparam_mutations, 0.25, [1.2, 0.8])
+        assert new["bilevel.method"] in methods
+        assert isinstance(new["bilevel.lower.inner_steps"], int)
