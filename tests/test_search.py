@@ -224,6 +224,6 @@ def test_pbt_explores_categorical_and_integer_dimensions_validly():
                            values={"bilevel.method": methods})
     config = {"bilevel.method": methods[0], "bilevel.lower.inner_steps": 17}
     for _ in range(50):
-        new, _ = _explore(config, sched._hyperparam_mutations, 0.25, [1.2, 0.8])
+        new, _ = _explore(config, sched._hyperparam_mutations, 0.25, [1.2, 0.8], None)
         assert new["bilevel.method"] in methods
         assert isinstance(new["bilevel.lower.inner_steps"], int)
