@@ -43,8 +43,14 @@ def ddpm_loss(model: nn.Module, x0: torch.Tensor, psi: torch.Tensor, T: int, gen
     return ((model(xt, t.float() / T) - noise) ** 2).mean()
 
 
-def ddim_sample(model: nn.Module, psi: torch.Tensor, noise: torch.Tensor, T: int, steps: int) -> torch.Tensor:
-    """x_T = noise → x_0 along ``steps`` timesteps T = τ_S > … > τ_1, then to ᾱ = 1."""
+def ddim_sample(model: nn.Module, psi: torch.Tensor, noise: torch.Tensor, T: int, steps: int,
+                clip_x0: float | None = None) -> torch.Tensor:
+    """x_T = noise → x_0 along ``steps`` timesteps T = τ_S > … > τ_1, then to ᾱ = 1.
+
+    ``clip_x0`` clips each predicted x0 to the data's range (diffusers' ``clip_sample``): near
+    ᾱ_T ≈ 0 (the cosine schedule has ᾱ_T ≈ 2e-7 at T = 100) the x0 prediction divides the
+    model's ε error by √ᾱ_T, and without the clip one bad step ruins the sample.
+    """
     ab = alphas_bar(psi, T).float()
     taus = torch.linspace(T, 0, steps + 1).round().long()
     x = noise
@@ -52,6 +58,8 @@ def ddim_sample(model: nn.Module, psi: torch.Tensor, noise: torch.Tensor, T: int
         a_t, a_prev = ab[t], ab[t_prev]
         eps = model(x, torch.full((x.shape[0],), float(t) / T))
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt().clamp(min=1e-4)
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     return x
 

@@ -17,8 +17,9 @@ def run(job: DiffusionJob, run_dir: RunDir, resume: bool = False, progress: bool
     from tqdm.auto import tqdm
 
     d = job.diffusion
-    setup = Setup(ring=Ring(d.data.modes, d.data.radius, d.data.std), T=d.T, ddim_steps=d.ddim_steps,
-                  hidden=d.hidden, batch=d.batch, lr=d.lr)
+    ring = Ring(d.data.modes, d.data.radius, d.data.std)
+    setup = Setup(ring=ring, T=d.T, ddim_steps=d.ddim_steps, hidden=d.hidden, batch=d.batch, lr=d.lr,
+                  clip_x0=1.15 * (ring.radius + 4 * ring.std))  # 3.0 for the default ring, as in Setup
     b = d.bilevel
     cfg = BilevelConfig(b.outer_steps, b.y_steps, b.z_steps, b.gamma, b.lr_psi, b.warmup_steps)
     bar = tqdm(total=b.outer_steps, desc="outer steps", disable=not progress, leave=False, mininterval=1.0)

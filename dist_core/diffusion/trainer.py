@@ -35,6 +35,7 @@ class Setup:
     lr: float = 2e-3
     n_upper: int = 256  # samples in the upper objective during training
     n_eval: int = 1000  # samples in the final evaluation (separate noise and data)
+    clip_x0: float | None = 3.0  # 1.15 × the ring's extent, radius + 4·std = 2.6
 
 
 @dataclass
@@ -51,12 +52,12 @@ class Evaluator:
         return cls(torch.randn(n, 2, generator=gen), setup.ring.sample(n, gen), setup)
 
     def objective(self, model: EpsMLP, psi: torch.Tensor) -> torch.Tensor:
-        x = ddim_sample(model, psi, self.noise, self.setup.T, self.setup.ddim_steps)
+        x = ddim_sample(model, psi, self.noise, self.setup.T, self.setup.ddim_steps, self.setup.clip_x0)
         return energy_distance(x, self.data)
 
     def nll(self, model: EpsMLP, psi: torch.Tensor) -> float:
         with torch.no_grad():
-            x = ddim_sample(model, psi, self.noise, self.setup.T, self.setup.ddim_steps)
+            x = ddim_sample(model, psi, self.noise, self.setup.T, self.setup.ddim_steps, self.setup.clip_x0)
         return float(-self.setup.ring.log_prob(x).mean())
 
 
