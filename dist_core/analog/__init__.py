@@ -1,0 +1,1 @@
+"""Analog in-memory computing emulation: device response models, Analog SGD, Tiki-Taka."""

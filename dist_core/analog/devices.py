@@ -1,0 +1,231 @@
+"""Pulse response of resistive devices, with IBM aihwkit's parameter names and defaults.
+
+One pulse moves a weight up (+1) or down (−1) by a state-dependent step. Device-to-device
+("dtod") constants are drawn once per weight from ``seed``; cycle-to-cycle noise (``dw_min_std``)
+is drawn per pulse. Formulas follow aihwkit's ``rpu_pulsed_device.cpp`` / ``rpu_linearstep_device``
+(RESEARCH.md §4c), with ξ ~ N(0, 1):
+
+    b_max = w_max (1 + w_max_dtod ξ),   b_min = w_min (1 + w_min_dtod ξ)
+    gain  = 1 + dw_min_dtod ξ  (or exp(dw_min_dtod ξ) if dw_min_dtod_log_normal)
+    r     = up_down_dtod ξ
+    Δw⁺   = dw_min (gain + min(up_down, 0) + r),   Δw⁻ = dw_min (gain − max(up_down, 0) − r)
+
+    constant_step: up w + Δw⁺(1 + σξ),                      down w − Δw⁻(1 + σξ)
+    linear_step:   up w + (s⁺w + Δw⁺)(1 + σξ),              down w − (s⁻w + Δw⁻)(1 + σξ)
+                   s⁺ = −γ⁺ Δw⁺ / w_ref⁺,  s⁻ = −γ⁻ Δw⁻ / w_ref⁻   (w_ref: mean or per-device bounds)
+    soft_bounds:   linear_step with γ⁺ = γ⁻ = 1 and per-device bounds:
+                   up w + Δw⁺(1 − w/b_max)(1 + σξ),         down w − Δw⁻(1 − w/b_min)(1 + σξ)
+    pow_step:      ω = (b_max − w)/(b_max − b_min)
+                   up w + Δw⁺ ω^{γ⁺}(1 + σξ),               down w − Δw⁻ (1 − ω)^{γ⁻}(1 + σξ)
+                   γ^± = pow_gamma (1 ± pow_up_down + pow_gamma_dtod ξ)
+    then clip to [b_min, b_max].
+
+(Multiplicative cycle-to-cycle noise, aihwkit's SoftBounds default ``mult_noise=True``.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+class DeviceConfigError(ValueError):
+    """A device parameter that cannot describe a real device (e.g. w_min ≥ w_max)."""
+
+
+@dataclass(frozen=True)
+class PulsedDevice:
+    """Parameters every pulsed device shares (aihwkit ``PulsedDevice`` defaults)."""
+
+    dw_min: float = 0.001  # mean step of one pulse at w = 0
+    dw_min_dtod: float = 0.3  # device-to-device spread of the step (relative)
+    dw_min_dtod_log_normal: bool = False  # gain = exp(dtod ξ) instead of 1 + dtod ξ
+    dw_min_std: float = 0.3  # cycle-to-cycle noise of a step (relative): Δ(1 + σξ)
+    w_max: float = 0.6  # upper bound (mean over devices)
+    w_min: float = -0.6  # lower bound (mean over devices)
+    w_max_dtod: float = 0.3  # relative device-to-device spread of w_max
+    w_min_dtod: float = 0.3  # relative device-to-device spread of w_min
+    up_down: float = 0.0  # >0 shrinks down steps, <0 shrinks up steps (mean asymmetry)
+    up_down_dtod: float = 0.01  # device-to-device spread of the asymmetry
+    write_noise_std: float = 0.0  # read noise of the written weight, in units of dw_min
+    enforce_consistency: bool = True  # steps taken in absolute value
+
+    def __post_init__(self) -> None:
+        if self.dw_min <= 0:
+            raise DeviceConfigError(f"dw_min must be > 0, got {self.dw_min}")
+        if not self.w_min < self.w_max:
+            raise DeviceConfigError(f"w_min must be < w_max, got w_min={self.w_min}, w_max={self.w_max}")
+        if not self.w_min <= 0 <= self.w_max:
+            raise DeviceConfigError(f"[w_min, w_max] must contain 0, got [{self.w_min}, {self.w_max}]")
+        for name in ("dw_min_dtod", "dw_min_std", "w_max_dtod", "w_min_dtod", "up_down_dtod", "write_noise_std"):
+            if getattr(self, name) < 0:
+                raise DeviceConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ConstantStep(PulsedDevice):
+    """Steps independent of w (aihwkit ``ConstantStepDevice``): the idealised device."""
+
+
+@dataclass(frozen=True)
+class LinearStep(PulsedDevice):
+    """Steps shrinking linearly towards the bounds (aihwkit ``LinearStepDevice``)."""
+
+    gamma_up: float = 0.0  # γ⁺: slope of the up step (1 = reaches zero at w_max)
+    gamma_down: float = 0.0  # γ⁻
+    gamma_up_dtod: float = 0.05
+    gamma_down_dtod: float = 0.05
+    allow_increasing: bool = False  # keep γ as drawn (may turn negative) instead of |γ|
+    mean_bound_reference: bool = True  # w_ref = mean bounds; False: per-device bounds
+
+
+@dataclass(frozen=True)
+class SoftBounds(LinearStep):
+    """LinearStep with γ⁺ = γ⁻ = 1 and per-device bounds (aihwkit ``SoftBoundsDevice``)."""
+
+    gamma_up: float = 1.0
+    gamma_down: float = 1.0
+    gamma_up_dtod: float = 0.0
+    gamma_down_dtod: float = 0.0
+    mean_bound_reference: bool = False
+
+
+@dataclass(frozen=True)
+class PowStep(PulsedDevice):
+    """Steps following a power of the distance to the bounds (aihwkit ``PowStepDevice``)."""
+
+    pow_gamma: float = 1.0  # γ: exponent
+    pow_gamma_dtod: float = 0.1
+    pow_up_down: float = 0.0  # asymmetry of the exponents
+
+
+_KINDS: dict[str, type[PulsedDevice]] = {
+    "constant_step": ConstantStep,
+    "linear_step": LinearStep,
+    "soft_bounds": SoftBounds,
+    "pow_step": PowStep,
+}
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    # Every spread and noise off: the device of analysis and of exact-gradient checks.
+    "ideal_constant": ("constant_step", dict(dw_min_dtod=0.0, dw_min_std=0.0, w_max_dtod=0.0, w_min_dtod=0.0,
+                                             up_down_dtod=0.0, w_max=1.0, w_min=-1.0)),
+    # A ReRAM-like soft-bounds device, roughly aihwkit's ReRamSBPreset: 1000 states, mild asymmetry.
+    "reram_sb": ("soft_bounds", dict(dw_min=0.002, dw_min_dtod=0.3, dw_min_std=0.3, w_max=1.0, w_min=-1.0,
+                                     w_max_dtod=0.3, w_min_dtod=0.3, up_down=0.01, up_down_dtod=0.01)),
+}
+
+
+def names() -> list[str]:
+    return sorted([*_KINDS, *PRESETS])
+
+
+@dataclass
+class Device:
+    """A device model plus its per-weight constants, drawn once for a shape from ``seed``."""
+
+    params: PulsedDevice
+    seed: int = 0
+    _constants: dict[tuple, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _gen: torch.Generator | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, v in _KINDS.items() if type(self.params) is v)
+
+    def constants(self, shape: torch.Size) -> dict[str, torch.Tensor]:
+        key = tuple(shape)
+        if key not in self._constants:
+            self._constants[key] = _draw_constants(self.params, shape, torch.Generator().manual_seed(self.seed))
+        return self._constants[key]
+
+    def _noise(self, shape: torch.Size) -> torch.Tensor:
+        if self._gen is None:
+            self._gen = torch.Generator().manual_seed(self.seed + 1)
+        return torch.randn(shape, generator=self._gen, dtype=torch.float64)
+
+    def step(self, w: torch.Tensor, up: bool) -> torch.Tensor:
+        """The noise-free size (≥ 0) of one up or down pulse at w, per weight: Δw_min·q_±(w)."""
+        return _step(self.params, self.constants(w.shape), w.double(), up).to(w.dtype)
+
+    def pulse(self, w: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        """Apply one pulse per element: +1 up, −1 down, 0 none. Returns the new weights."""
+        c = self.constants(w.shape)
+        wd = w.double()
+        up = _step(self.params, c, wd, True)
+        down = _step(self.params, c, wd, False)
+        noise = 1.0 + self.params.dw_min_std * self._noise(w.shape) if self.params.dw_min_std else 1.0
+        delta = torch.where(direction > 0, up, torch.where(direction < 0, -down, torch.zeros_like(wd)))
+        new = torch.minimum(torch.maximum(wd + delta * noise, c["b_min"]), c["b_max"])
+        return new.to(w.dtype)
+
+    def read(self, w: torch.Tensor) -> torch.Tensor:
+        """What a forward pass sees: w plus write noise (write_noise_std · dw_min)."""
+        if not self.params.write_noise_std:
+            return w
+        return w + (self.params.write_noise_std * self.params.dw_min * self._noise(w.shape)).to(w.dtype)
+
+    def bounds(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.constants(shape)
+        return c["b_min"], c["b_max"]
+
+
+def make(name: str, seed: int = 0, **params: Any) -> Device:
+    """``make("soft_bounds", dw_min=0.01, w_max=1.0, w_min=-0.8)``; a preset name fills defaults."""
+    if name in PRESETS:
+        kind, preset = PRESETS[name]
+        params = {**preset, **params}
+    else:
+        kind = name
+    if kind not in _KINDS:
+        raise DeviceConfigError(f"unknown device {name!r}; valid: {', '.join(names())}")
+    cls = _KINDS[kind]
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise DeviceConfigError(f"{name}: unknown parameter {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return Device(cls(**params), seed)
+
+
+def _draw_constants(p: PulsedDevice, shape: torch.Size, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def xi() -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+    b_max = p.w_max * (1 + p.w_max_dtod * xi())
+    b_min = p.w_min * (1 + p.w_min_dtod * xi())
+    gain = torch.exp(p.dw_min_dtod * xi()) if p.dw_min_dtod_log_normal else 1 + p.dw_min_dtod * xi()
+    r = p.up_down_dtod * xi()
+    dw_up = p.dw_min * (gain + min(p.up_down, 0.0) + r)
+    dw_down = p.dw_min * (gain - max(p.up_down, 0.0) - r)
+    if p.enforce_consistency:
+        dw_up, dw_down = dw_up.abs(), dw_down.abs()
+    c = {"b_max": torch.clamp(b_max, min=0.0), "b_min": torch.clamp(b_min, max=0.0), "dw_up": dw_up, "dw_down": dw_down}
+    if isinstance(p, LinearStep):
+        g_up = p.gamma_up + p.gamma_up_dtod * xi()
+        g_down = p.gamma_down + p.gamma_down_dtod * xi()
+        if not p.allow_increasing:
+            g_up, g_down = g_up.abs(), g_down.abs()
+        ref_up = torch.full(shape, p.w_max, dtype=torch.float64) if p.mean_bound_reference else c["b_max"]
+        ref_down = torch.full(shape, p.w_min, dtype=torch.float64) if p.mean_bound_reference else c["b_min"]
+        c["slope_up"] = -g_up * dw_up / ref_up
+        c["slope_down"] = -g_down * dw_down / ref_down
+    if isinstance(p, PowStep):
+        spread = p.pow_gamma_dtod * xi()
+        c["gamma_up"] = p.pow_gamma * (1 + p.pow_up_down + spread)
+        c["gamma_down"] = p.pow_gamma * (1 - p.pow_up_down + spread)
+    return c
+
+
+def _step(p: PulsedDevice, c: dict[str, torch.Tensor], w: torch.Tensor, up: bool) -> torch.Tensor:
+    if isinstance(p, LinearStep):
+        # up: s⁺w + Δw⁺ ; down: magnitude s⁻w + Δw⁻ (s⁻ > 0 for b_min < 0, so it shrinks towards b_min)
+        step = c["slope_up"] * w + c["dw_up"] if up else c["slope_down"] * w + c["dw_down"]
+        return step.clamp(min=0.0)
+    if isinstance(p, PowStep):
+        span = (c["b_max"] - c["b_min"]).clamp(min=1e-12)
+        omega = ((c["b_max"] - w) / span).clamp(0.0, 1.0)
+        return c["dw_up"] * omega ** c["gamma_up"] if up else c["dw_down"] * (1 - omega) ** c["gamma_down"]
+    return c["dw_up"] if up else c["dw_down"]

@@ -1,0 +1,118 @@
+"""Analog SGD and Tiki-Taka v1 on tiles of devices (RESEARCH.md §4a, §4c).
+
+Two ways to turn a desired increment Δ into pulses:
+
+* ``expected``: the mean of the pulse train, W ⊕ Δ = W + Δ⁺·q₊(W) − Δ⁻·q₋(W), with
+  q_± = step_±(W)/dw_min and Δ = Δ⁺ − Δ⁻; for the asymmetric linear device (q_± = 1 ∓ w/τ) this is
+  exactly W − α∇f − (α/τ)|∇f|⊙W (``analog_increment`` in the 2024 paper's code). Fast, noise-free.
+* ``pulsed``: aihwkit's stochastic pulse trains for a rank-1 update −lr·d·xᵀ. With
+  BL = min(⌈lr·max|x|·max|d|/dw_min⌉, desired_bl) slots (``update_bl_management``) and
+  A = √(lr/(dw_min·BL))·√(max|d|/max|x|), B = √(lr/(dw_min·BL))·√(max|x|/max|d|)
+  (``update_management``: A|x_j|, B|d_i| ≤ 1 whenever BL is not capped), in each slot input j fires
+  with probability min(A|x_j|, 1) and output i with min(B|d_i|, 1); a coincidence is one pulse, down
+  when x_j·d_i > 0. Then E[Δw_ij] = −lr·x_j·d_i on an ideal device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .devices import Device
+
+
+def expected_increment(device: Device, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """W ⊕ Δ in expectation: |Δ|/dw_min pulses, each of the device's size at W, then the bounds."""
+    dw = device.params.dw_min
+    up = device.step(w, up=True) / dw
+    down = device.step(w, up=False) / dw
+    moved = w + delta.clamp(min=0) * up - (-delta).clamp(min=0) * down
+    b_min, b_max = device.bounds(w.shape)
+    return torch.minimum(torch.maximum(moved.double(), b_min), b_max).to(w.dtype)
+
+
+def pulsed_outer_update(device: Device, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor, lr: float,
+                        desired_bl: int, gen: torch.Generator) -> torch.Tensor:
+    """One rank-1 update −lr·d·xᵀ (w: out × in, x: in, d: out) as stochastic pulse coincidences."""
+    dw = device.params.dw_min
+    x_max, d_max = float(x.abs().max()), float(d.abs().max())
+    if x_max == 0 or d_max == 0:
+        return w
+    bl = max(1, min(math.ceil(lr * x_max * d_max / dw), desired_bl))
+    base = math.sqrt(lr / (dw * bl))
+    a, b = base * math.sqrt(d_max / x_max), base * math.sqrt(x_max / d_max)
+    px = (a * x.abs()).clamp(max=1.0)
+    pd = (b * d.abs()).clamp(max=1.0)
+    sign = -torch.sign(d)[:, None] * torch.sign(x)[None, :]  # +1 up, −1 down
+    for _ in range(bl):
+        fire_x = torch.rand(px.shape, generator=gen) < px
+        fire_d = torch.rand(pd.shape, generator=gen) < pd
+        hits = (fire_d[:, None] & fire_x[None, :]).to(w.dtype)
+        w = device.pulse(w, sign * hits)
+    return w
+
+
+@dataclass
+class AnalogSGD:
+    """W ← W ⊕ (−lr·∇f): plain SGD whose every update goes through the device."""
+
+    device: Device
+    lr: float
+    mode: str = "expected"  # or "pulsed" (rank-1 updates via ``step_outer``)
+    desired_bl: int = 31
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("expected", "pulsed"):
+            raise ValueError(f"mode must be 'expected' or 'pulsed', got {self.mode!r}")
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def step(self, w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if self.mode != "expected":
+            raise ValueError("a full gradient needs mode='expected'; use step_outer(x, d) for pulsed updates")
+        return expected_increment(self.device, w, -self.lr * grad)
+
+    def step_outer(self, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """The gradient d·xᵀ of a linear layer (batch rows summed one by one, as on the crossbar)."""
+        if self.mode == "expected":
+            return expected_increment(self.device, w, -self.lr * torch.outer(d, x))
+        return pulsed_outer_update(self.device, w, x, d, self.lr, self.desired_bl, self._gen)
+
+
+@dataclass
+class TikiTaka:
+    """Tiki-Taka v1: fast array A, slow array C, effective weight W̄ = γ·A + C.
+
+        A ← A ⊕ (−β·∇f(W̄))                            every step
+        C ← C ⊕ (α·A[:, cols])   (n_reads columns)      every ``transfer_every`` steps
+
+    A's device should have its symmetric point at 0 (aihwkit subtracts it: zero-shifting).
+    """
+
+    fast: Device
+    slow: Device
+    fast_lr: float  # β
+    transfer_lr: float  # α
+    gamma: float = 0.0
+    transfer_every: int = 1
+    n_reads: int = 1  # columns read per transfer
+    _k: int = 0
+    _col: int = 0
+
+    def effective(self, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.gamma * a + c
+
+    def step(self, a: torch.Tensor, c: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``grad`` is ∇f at ``effective(a, c)``; returns the new (A, C)."""
+        a = expected_increment(self.fast, a, -self.fast_lr * grad)
+        self._k += 1
+        if self._k % self.transfer_every == 0:
+            cols = a.shape[-1]
+            idx = [(self._col + j) % cols for j in range(min(self.n_reads, cols))]
+            self._col = (self._col + len(idx)) % cols
+            delta = torch.zeros_like(c)
+            delta[..., idx] = self.transfer_lr * a[..., idx]
+            c = expected_increment(self.slow, c, delta)
+        return a, c
