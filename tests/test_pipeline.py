@@ -1,0 +1,83 @@
+"""Pipelined MLP stages: the synchronous plan equals autograd; actors equal one process."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dist_core.analog.pipeline import Stage, execute, split_layers
+from dist_core.analog.pipeline_schedule import asynchronous, synchronous
+
+SIZES = [8, 16, 12, 10, 5]
+
+
+def data(micro_batches: int, size: int = 6, seed: int = 0):
+    g = np.random.default_rng(seed)
+    xs = [g.normal(size=(size, SIZES[0])) for _ in range(micro_batches)]
+    ys = [g.integers(0, SIZES[-1], size=size) for _ in range(micro_batches)]
+    return xs, ys
+
+
+def make_stages(S, sync, B, lr=0.1):
+    groups = split_layers(SIZES, S, seed=1)
+    return [Stage(g, last=(i == S - 1), lr=lr, synchronous=sync, micro_batches=B) for i, g in enumerate(groups)]
+
+
+def flat(stages):
+    return [w for s in stages for pair in s.weights() for w in pair]
+
+
+@pytest.mark.parametrize("S", [1, 2, 4])
+def test_synchronous_step_equals_autograd(S):
+    B, lr = 4, 0.1
+    xs, ys = data(B)
+    stages = make_stages(S, True, B, lr)
+    execute(synchronous(S, B), stages, xs, ys, remote=False)
+
+    layers = [l for g in split_layers(SIZES, S, seed=1) for l in g]
+    params = [p.clone().requires_grad_(True) for l in layers for p in (l.weight, l.bias)]
+    loss = 0.0
+    for x, y in zip(xs, ys):
+        h = torch.as_tensor(x)
+        for j in range(len(layers)):
+            h = h @ params[2 * j].T + params[2 * j + 1]
+            if j < len(layers) - 1:
+                h = torch.relu(h)
+        loss = loss + F.cross_entropy(h, torch.as_tensor(y)) / B
+    loss.backward()
+    expected = [(p - lr * p.grad).detach().numpy() for p in params]
+    for got, want in zip(flat(stages), expected):
+        assert np.allclose(got, want, atol=1e-6, rtol=0)
+
+
+def test_single_stage_asynchronous_is_sgd_per_micro_batch():
+    B, lr = 5, 0.1
+    xs, ys = data(B)
+    a = make_stages(1, False, B, lr)
+    execute(asynchronous(1, B), a, xs, ys, remote=False)
+    b = make_stages(1, True, 1, lr)
+    for m in range(B):
+        execute(synchronous(1, 1), b, [xs[m]], [ys[m]], remote=False)
+    for got, want in zip(flat(a), flat(b)):
+        assert np.allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_actors_equal_one_process(ray_session, sync):
+    S, B = 3, 6
+    xs, ys = data(B, seed=2)
+    plan = synchronous(S, B) if sync else asynchronous(S, B)
+    local = make_stages(S, sync, B)
+    execute(plan, local, xs, ys, remote=False)
+    groups = split_layers(SIZES, S, seed=1)
+    actor = ray_session.remote(num_cpus=0)(Stage)
+    handles = [actor.remote(g, i == S - 1, 0.1, sync, B) for i, g in enumerate(groups)]
+    execute(plan, handles, xs, ys, remote=True)
+    remote_weights = [w for h in handles for pair in ray_session.get(h.weights.remote()) for w in pair]
+    for got, want in zip(remote_weights, flat(local)):
+        assert np.array_equal(got, want)
+
+
+def test_more_stages_than_layers_is_an_error():
+    with pytest.raises(ValueError, match=r"more stages \(5\) than layers \(4\)"):
+        split_layers(SIZES, 5, seed=0)
