@@ -16,12 +16,13 @@ def _plt():
 
 
 def curves(path: Path, title: str, x: Sequence[float], panels: list[dict], markers: bool = False) -> Path:
-    """One row of panels; each panel: {"ylabel", "series": [(label, ys)], "hlines": [(label, y)]}."""
+    """One row of panels; each panel: {"ylabel", "series": [(label, ys) or (label, xs, ys)], "hlines": [(label, y)]}."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        for label, ys in panel.get("series", []):
-            ax.plot(x, ys, label=label, marker="o" if markers else None)
+        for series in panel.get("series", []):
+            label, xs, ys = series if len(series) == 3 else (series[0], x, series[1])
+            ax.plot(xs, ys, label=label, marker="o" if markers else None)
         for label, y in panel.get("hlines", []):
             ax.axhline(y, linestyle="--", color="gray", label=label)
         ax.set_xlabel(panel.get("xlabel", "round"))

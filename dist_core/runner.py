@@ -28,6 +28,10 @@ def _entry(kind: str) -> Callable[..., Any]:
         from .diffusion.job import run
 
         return run
+    if kind == "analog_pipeline":
+        from .analog.job import run
+
+        return run
     raise RunError(f"kind {kind!r} has no runner")  # unreachable: spec.load checks kinds
 
 

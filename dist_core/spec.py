@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import SpecError
 
@@ -169,6 +169,47 @@ class DiffusionJob(JobBase):
     diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
 
 
+# ---------------------------------------------------------------- kind: analog_pipeline
+class AnalogDeviceSpec(Strict):
+    name: str = Field("ideal_constant", description="a device or preset of dist_core.analog.devices")
+    params: dict[str, float | bool] = Field(default_factory=dict, description="aihwkit-named parameters")
+
+    @model_validator(mode="after")
+    def _buildable(self) -> "AnalogDeviceSpec":
+        from .analog import devices
+
+        try:
+            devices.make(self.name, **self.params)
+        except devices.DeviceConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
+class AnalogPipelineSpec(Strict):
+    hidden: list[int] = Field([64, 32], description="hidden widths of the MLP (digits: 64 in, 10 out)")
+    stages: int = Field(3, ge=1, description="S pipeline stages, each a Ray actor")
+    micro_batch: int = Field(16, ge=1, description="samples per micro-batch")
+    micro_batches: int = Field(4, ge=1, description="B micro-batches per synchronous mini-batch")
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    schedules: list[Literal["sync", "async"]] = Field(["sync", "async"], min_length=1)
+    device: AnalogDeviceSpec | None = Field(None, description="None: digital weights")
+    backend: Literal["ray", "local"] = "ray"
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_fit(cls, stages: int, info: ValidationInfo) -> int:
+        layers = len(info.data.get("hidden", [])) + 1
+        if stages > layers:
+            raise ValueError(f"more stages ({stages}) than layers ({layers}); add hidden layers or use fewer stages")
+        return stages
+
+
+class AnalogPipelineJob(JobBase):
+    kind: Literal["analog_pipeline"]
+    analog: AnalogPipelineSpec = Field(default_factory=AnalogPipelineSpec)
+
+
 # ---------------------------------------------------------------- kind: sweep
 class Distribution(Strict):
     """One dimension of a search space, over a dotted field of the base job."""
@@ -245,8 +286,9 @@ class SweepJob(JobBase):
         return out
 
 
-KINDS: dict[str, type[JobBase]] = {"bilevel": BilevelJob, "sweep": SweepJob, "diffusion_schedule": DiffusionJob}
-Job = BilevelJob | SweepJob | DiffusionJob
+KINDS: dict[str, type[JobBase]] = {"bilevel": BilevelJob, "sweep": SweepJob, "diffusion_schedule": DiffusionJob,
+                                   "analog_pipeline": AnalogPipelineJob}
+Job = BilevelJob | SweepJob | DiffusionJob | AnalogPipelineJob
 SWEEPABLE = ("bilevel",)
 
 

@@ -1,5 +1,10 @@
 """Pipelined MLP stages: the synchronous plan equals autograd; actors equal one process."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -81,3 +86,17 @@ def test_actors_equal_one_process(ray_session, sync):
 def test_more_stages_than_layers_is_an_error():
     with pytest.raises(ValueError, match=r"more stages \(5\) than layers \(4\)"):
         split_layers(SIZES, 5, seed=0)
+
+
+def test_analog_pipeline_job_through_the_cli(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "launch.py"), "run", "jobs/aimc_pipeline.yaml", "--out", str(tmp_path),
+                           "--set", "analog.epochs=1", "--no-progress"], capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = next(tmp_path.iterdir())
+    m = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    assert m["sync_density"] == pytest.approx(4 / (4 + 3 - 1), abs=1e-12)  # B/(B+S-1), exactly
+    assert m["async_density"] > 0.95 and m["async_cycles"] < m["sync_cycles"]
+    assert m["sync_test_acc"] > 0.1 and m["async_test_acc"] > 0.1
+    for png in ("loss_vs_samples.png", "loss_vs_cycles.png"):
+        assert (run_dir / "plots" / png).read_bytes()[:4] == b"\x89PNG"
