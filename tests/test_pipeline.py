@@ -100,3 +100,47 @@ def test_analog_pipeline_job_through_the_cli(tmp_path):
     assert m["sync_test_acc"] > 0.1 and m["async_test_acc"] > 0.1
     for png in ("loss_vs_samples.png", "loss_vs_cycles.png"):
         assert (run_dir / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_asynchronous_plan_equals_explicit_stale_version_reference():
+    """Each forward of micro-batch k at stage s uses that stage's weights after version(k, s)
+    updates; each backward uses the current weights (after k updates) and the saved inputs.
+    The reference keeps every stage's weight history and differentiates each layer with autograd."""
+    S, N, lr = 3, 10, 0.1
+    xs, ys = data(N, seed=5)
+    plan = asynchronous(S, N)
+    stages = make_stages(S, False, N, lr)
+    execute(plan, stages, xs, ys, remote=False)
+
+    groups = split_layers(SIZES, S, seed=1)
+    hist = [[[(l.weight.clone(), l.bias.clone()) for l in g]] for g in groups]  # hist[s][version][layer]
+    for k in range(N):
+        saved, h = [], torch.as_tensor(xs[k])
+        for s in range(S):
+            params = hist[s][plan.version(k, s)]
+            inputs = []
+            for j, (w, b) in enumerate(params):
+                inputs.append(h)
+                h = h @ w.T + b
+                if not (s == S - 1 and j == len(params) - 1):
+                    h = torch.relu(h)
+            saved.append(inputs)
+        p = torch.softmax(h, -1)
+        g = (p - F.one_hot(torch.as_tensor(ys[k]), SIZES[-1]).double()) / h.shape[0]
+        for s in reversed(range(S)):
+            current = hist[s][k]  # backward of micro-batch k follows exactly k updates of stage s
+            new = list(current)
+            for j in reversed(range(len(current))):
+                w = current[j][0].clone().requires_grad_(True)
+                b = current[j][1].clone().requires_grad_(True)
+                x = saved[s][j].clone().requires_grad_(True)
+                out = x @ w.T + b
+                if not (s == S - 1 and j == len(current) - 1):
+                    out = torch.relu(out)
+                gw, gb, gx = torch.autograd.grad(out, [w, b, x], grad_outputs=g)
+                new[j] = (current[j][0] - lr * gw, current[j][1] - lr * gb)
+                g = gx
+            hist[s].append(new)
+    expected = [t.numpy() for s in range(S) for pair in hist[s][N] for t in pair]
+    for got, want in zip(flat(stages), expected):
+        assert np.allclose(got, want, atol=1e-6, rtol=0)
