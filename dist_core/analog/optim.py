@@ -46,11 +46,14 @@ def pulsed_outer_update(device: Device, w: torch.Tensor, x: torch.Tensor, d: tor
     px = (a * x.abs()).clamp(max=1.0)
     pd = (b * d.abs()).clamp(max=1.0)
     sign = -torch.sign(d)[:, None] * torch.sign(x)[None, :]  # +1 up, −1 down
-    for _ in range(bl):
-        fire_x = torch.rand(px.shape, generator=gen) < px
-        fire_d = torch.rand(pd.shape, generator=gen) < pd
-        hits = (fire_d[:, None] & fire_x[None, :]).to(w.dtype)
-        w = device.pulse(w, sign * hits)
+    fire_x = (torch.rand((bl, px.numel()), generator=gen) < px).to(w.dtype)
+    fire_d = (torch.rand((bl, pd.numel()), generator=gen) < pd).to(w.dtype)
+    # Coincidences per weight over all BL slots at once. Within one update a weight's pulses all
+    # share a sign, so applying its n pulses in a row has the same law as slot by slot; the loop
+    # runs to the largest count (a few) instead of BL.
+    counts = fire_d.T @ fire_x
+    for c in range(int(counts.max())):
+        w = device.pulse(w, sign * (counts > c).to(w.dtype))
     return w
 
 
