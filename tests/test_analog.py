@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dist_core.analog import devices
-from dist_core.analog.optim import AnalogSGD, expected_increment, pulsed_outer_update
+from dist_core.analog.optim import AnalogSGD, expected_increment, pulsed_batch_update, pulsed_outer_update
 
 QUIET = dict(dw_min_dtod=0.0, dw_min_std=0.0, w_max_dtod=0.0, w_min_dtod=0.0, up_down_dtod=0.0)
 
@@ -119,6 +119,33 @@ def test_pulsed_update_matches_its_expectation():
     mean = total / runs
     expected = -lr * torch.outer(d, x).double()
     assert torch.allclose(mean, expected, atol=3e-4)
+
+
+def test_batched_pulses_match_their_expectation():
+    """Grouped per weight over a mini-batch: the mean is still −lr·Σ_b d_b x_bᵀ."""
+    dev = devices.make("ideal_constant", dw_min=1e-3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.tensor([[0.5, -1.0, 0.2], [0.1, 0.4, -0.3]], dtype=torch.float64)
+    d = torch.tensor([[0.8, -0.3], [-0.2, 0.6]], dtype=torch.float64)
+    lr, runs = 0.01, 3000
+    total = torch.zeros(2, 3, dtype=torch.float64)
+    for _ in range(runs):
+        total += pulsed_batch_update(dev, torch.zeros(2, 3, dtype=torch.float64), x, d, lr, 31, g)
+    assert torch.allclose(total / runs, -lr * d.T @ x, atol=3e-4)
+
+
+@pytest.mark.parametrize("name,extra", [("soft_bounds", {}), ("constant_step", {}),
+                                        ("linear_step", {"gamma_up": 0.4, "gamma_down": 0.7})])
+def test_closed_form_pulse_trains_equal_pulse_by_pulse(name, extra):
+    dev = devices.make(name, dw_min=0.01, w_max=0.6, w_min=-0.5, seed=3,
+                       **{**QUIET, "dw_min_dtod": 0.2, "w_max_dtod": 0.1, "up_down": 0.1, **extra})
+    w0 = torch.linspace(-0.4, 0.5, 12, dtype=torch.float64)
+    n = torch.tensor([0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144])
+    for up in (True, False):
+        loop = w0.clone()
+        for k in range(int(n.max())):
+            loop = dev.pulse(loop, (n > k).double() * (1 if up else -1))
+        assert torch.allclose(dev.pulses(w0, n, up=up), loop, atol=1e-9)
 
 
 def _gaussian_abs_mean(mu: float, sigma: float) -> float:

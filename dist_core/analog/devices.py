@@ -162,6 +162,27 @@ class Device:
         new = torch.minimum(torch.maximum(wd + delta * noise, c["b_min"]), c["b_max"])
         return new.to(w.dtype)
 
+    def pulses(self, w: torch.Tensor, n: torch.Tensor, up: bool) -> torch.Tensor:
+        """n[i] pulses in one direction on each weight. Without cycle-to-cycle noise, the affine
+        devices (constant, linear, soft bounds: step = s·w + Δ) have the closed form
+        w_n = w* + (w − w*)(1 + s)^n, w* = −Δ/s (or w + nΔ when s = 0), clipped at the bounds;
+        otherwise (noise, pow step) the pulses are applied one by one."""
+        p, c = self.params, self.constants(w.shape)
+        if p.dw_min_std or isinstance(p, PowStep):
+            for k in range(int(n.max()) if n.numel() else 0):
+                w = self.pulse(w, (n > k).to(w.dtype) * (1 if up else -1))
+            return w
+        wd, nd = w.double(), n.double()
+        if isinstance(p, LinearStep):
+            slope, delta = (c["slope_up"], c["dw_up"]) if up else (-c["slope_down"], -c["dw_down"])
+        else:
+            slope, delta = torch.zeros_like(wd), (c["dw_up"] if up else -c["dw_down"])
+        flat = slope.abs() < 1e-15
+        safe = torch.where(flat, torch.ones_like(slope), slope)
+        w_star = -delta / safe
+        moved = torch.where(flat, wd + nd * delta, w_star + (wd - w_star) * (1 + safe) ** nd)
+        return torch.minimum(torch.maximum(moved, c["b_min"]), c["b_max"]).to(w.dtype)
+
     def read(self, w: torch.Tensor) -> torch.Tensor:
         """What a forward pass sees: w plus write noise (write_noise_std · dw_min)."""
         if not self.params.write_noise_std:

@@ -57,6 +57,30 @@ def pulsed_outer_update(device: Device, w: torch.Tensor, x: torch.Tensor, d: tor
     return w
 
 
+def pulsed_batch_update(device: Device, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor, lr: float,
+                        desired_bl: int, gen: torch.Generator) -> torch.Tensor:
+    """A mini-batch of rank-1 updates (x: n × in, d: n × out) with the same per-sample pulse
+    statistics as ``pulsed_outer_update``, but each weight's up and down coincidences summed over
+    the batch and applied grouped by direction rather than sample by sample. The order differs
+    from aihwkit's (second order in dw_min on nonlinear devices); the pulse counts do not."""
+    dw = device.params.dw_min
+    x_max = x.abs().amax(1).clamp(min=1e-30)
+    d_max = d.abs().amax(1).clamp(min=1e-30)
+    bl = torch.clamp(torch.ceil(lr * x_max * d_max / dw), 1, desired_bl)
+    base = torch.sqrt(lr / (dw * bl))
+    px = ((base * torch.sqrt(d_max / x_max))[:, None] * x.abs()).clamp(max=1.0)
+    pd = ((base * torch.sqrt(x_max / d_max))[:, None] * d.abs()).clamp(max=1.0)
+    slots = torch.arange(desired_bl)[None, :, None] < bl[:, None, None]  # each sample uses its own BL
+    fire_x = ((torch.rand((len(x), desired_bl, x.shape[1]), generator=gen) < px[:, None, :]) & slots).to(w.dtype)
+    fire_d = ((torch.rand((len(d), desired_bl, d.shape[1]), generator=gen) < pd[:, None, :]) & slots).to(w.dtype)
+    counts = torch.einsum("bso,bsi->boi", fire_d, fire_x)
+    sign = -torch.sign(d)[:, :, None] * torch.sign(x)[:, None, :]
+    n_up = (counts * (sign > 0)).sum(0)
+    n_down = (counts * (sign < 0)).sum(0)
+    # All ups, then all downs (closed form on noise-free affine devices, else pulse by pulse).
+    return device.pulses(device.pulses(w, n_up, up=True), n_down, up=False)
+
+
 @dataclass
 class AnalogSGD:
     """W ← W ⊕ (−lr·∇f): plain SGD whose every update goes through the device."""
@@ -76,6 +100,12 @@ class AnalogSGD:
         if self.mode != "expected":
             raise ValueError("a full gradient needs mode='expected'; use step_outer(x, d) for pulsed updates")
         return expected_increment(self.device, w, -self.lr * grad)
+
+    def step_batch(self, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """A mini-batch of rank-1 updates (x: n × in, d: n × out), pulses grouped per weight."""
+        if self.mode == "expected":
+            return expected_increment(self.device, w, -self.lr * d.T @ x)
+        return pulsed_batch_update(self.device, w, x, d, self.lr, self.desired_bl, self._gen)
 
     def step_outer(self, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """The gradient d·xᵀ of a linear layer (batch rows summed one by one, as on the crossbar)."""
