@@ -1,15 +1,15 @@
 """The README's main job through the real CLI on embedded Ray, then kill-and-resume."""
 
 import json
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from safetensors.numpy import load_file
+
+from helpers import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 CMD = [sys.executable, str(ROOT / "launch.py")]
@@ -63,18 +63,6 @@ def test_run_directory_has_everything(quickstart_run):
     assert (run_dir / "run.log").exists()
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL the driver and everything it started (embedded Ray's raylet, GCS, workers)."""
-    parent = psutil.Process(pid)
-    procs = [parent, *parent.children(recursive=True)]
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=15)
-
-
 def test_killed_run_resumes_to_the_same_lambda(quickstart_run, tmp_path):
     _, clean_dir = quickstart_run
     out = tmp_path / "runs"
@@ -91,7 +79,7 @@ def test_killed_run_resumes_to_the_same_lambda(quickstart_run, tmp_path):
         else:
             pytest.fail("no checkpoint at round >= 40 in time")
     finally:
-        _kill_tree(driver.pid)
+        kill_tree(driver.pid)
     run_dir = only_run_dir(out)
     killed_at, _ = final_lam(run_dir)
     assert 40 <= killed_at < 150

@@ -2,18 +2,18 @@
 
 import csv
 import json
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from dist_core import cli
 from dist_core.search.schedulers import make_scheduler, may_exploit
 from dist_core.spec import SchedulerSpec
+
+from helpers import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 CMD = [sys.executable, str(ROOT / "launch.py")]
@@ -67,17 +67,6 @@ def test_asha_stopped_some_trials_early(sweep):
     assert max(rounds) == 20 and min(rounds) < 20
 
 
-def _kill_tree(pid: int) -> None:
-    parent = psutil.Process(pid)
-    procs = [parent, *parent.children(recursive=True)]
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=15)
-
-
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     out = tmp_path / "sweeps"
     driver = subprocess.Popen([*CMD, "run", "jobs/sweep_quickstart.yaml", "--out", str(out),
@@ -93,7 +82,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
         else:
             pytest.fail("two trials did not finish in time")
     finally:
-        _kill_tree(driver.pid)
+        kill_tree(driver.pid)
     run_dir = sweep_dirs(out)
     before = finished_trials(run_dir)
     assert 2 <= len(before) < 6
