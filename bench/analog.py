@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write  # noqa: E402
 from dist_core.analog import devices  # noqa: E402
-from dist_core.analog.job import _digits, _evaluate  # noqa: E402
+from dist_core.analog.job import evaluate, load_digits  # noqa: E402
 from dist_core.analog.optim import AnalogSGD  # noqa: E402
 from dist_core.analog.pipeline import Stage, execute, split_layers  # noqa: E402
 from dist_core.analog.pipeline_schedule import asynchronous, synchronous  # noqa: E402
@@ -37,7 +37,7 @@ DEVICE = dict(dw_min=0.001, w_max=1.0, w_min=-1.0, dw_min_dtod=0.0, dw_min_std=0
 def pipeline(S: int, schedule: str, micro_batch: int = 16, B: int = 4) -> dict:
     import ray
 
-    xtr, ytr, xte, yte = _digits(0)
+    xtr, ytr, xte, yte = load_digits(0)
     n = len(xtr) // (micro_batch * B) * B
     xs = [xtr[i * micro_batch:(i + 1) * micro_batch] for i in range(n)]
     ys = [ytr[i * micro_batch:(i + 1) * micro_batch] for i in range(n)]
@@ -50,7 +50,7 @@ def pipeline(S: int, schedule: str, micro_batch: int = 16, B: int = 4) -> dict:
     t0 = time.perf_counter()
     execute(plan, stages, xs, ys, remote=True)
     wall = time.perf_counter() - t0
-    loss, acc = _evaluate(ray.get([s.weights.remote() for s in stages]), xte, yte)
+    loss, acc = evaluate(ray.get([s.weights.remote() for s in stages]), xte, yte)
     for s in stages:
         ray.kill(s)
     return {"stages": S, "schedule": schedule, "samples_per_s": n * micro_batch / wall, "cycles": plan.cycles,
@@ -58,7 +58,7 @@ def pipeline(S: int, schedule: str, micro_batch: int = 16, B: int = 4) -> dict:
 
 
 def batches(steps: int, batch: int, seed: int = 0):
-    xtr, ytr, xte, yte = _digits(seed)
+    xtr, ytr, xte, yte = load_digits(seed)
     rng = np.random.default_rng(seed)
     idx = [rng.choice(len(xtr), batch, replace=False) for _ in range(steps)]
     return [(xtr[i], ytr[i]) for i in idx], (xte, yte)

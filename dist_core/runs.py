@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,6 @@ class RunDir:
         target = checkpoint.save(self.checkpoints / f"round_{round_idx:06d}", tensors, meta)
         checkpoint.write_json_atomic(self.checkpoints / "latest.json", {"path": target.name, "round": round_idx})
         for old in sorted(self.checkpoints.glob("round_*"))[:-keep]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
         return target
 

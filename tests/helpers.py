@@ -18,3 +18,25 @@ def kill_tree(pid: int) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=15)
+
+
+def kill_when(cmd: list[str], cwd, ready, timeout: float, what: str, poll: float = 0.2) -> None:
+    """Start ``cmd``, wait until ``ready()`` is true, then SIGKILL it with all it started.
+
+    Fails if the command ends before it could be killed, or if ``ready`` stays false."""
+    import subprocess
+    import time
+
+    import pytest
+
+    driver = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if ready():
+                return
+            assert driver.poll() is None, f"finished before it could be killed: {what}"
+            time.sleep(poll)
+        pytest.fail(f"not reached in {timeout:.0f} s: {what}")
+    finally:
+        kill_tree(driver.pid)

@@ -3,13 +3,12 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.numpy import load_file
 
-from helpers import kill_tree
+from helpers import kill_when
 
 ROOT = Path(__file__).resolve().parent.parent
 CMD = [sys.executable, str(ROOT / "launch.py")]
@@ -66,20 +65,12 @@ def test_run_directory_has_everything(quickstart_run):
 def test_killed_run_resumes_to_the_same_lambda(quickstart_run, tmp_path):
     _, clean_dir = quickstart_run
     out = tmp_path / "runs"
-    driver = subprocess.Popen([*CMD, "run", "jobs/quickstart.yaml", "--out", str(out), *COMMON],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            pointer = list(out.glob("*/checkpoints/latest.json"))
-            if pointer and json.loads(pointer[0].read_text())["round"] >= 40:
-                break
-            assert driver.poll() is None, "run finished before it could be killed"
-            time.sleep(0.2)
-        else:
-            pytest.fail("no checkpoint at round >= 40 in time")
-    finally:
-        kill_tree(driver.pid)
+    def checkpoint_at_40() -> bool:
+        pointer = list(out.glob("*/checkpoints/latest.json"))
+        return bool(pointer) and json.loads(pointer[0].read_text())["round"] >= 40
+
+    kill_when([*CMD, "run", "jobs/quickstart.yaml", "--out", str(out), *COMMON], ROOT, checkpoint_at_40, 240,
+              "a checkpoint at round >= 40")
     run_dir = only_run_dir(out)
     killed_at, _ = final_lam(run_dir)
     assert 40 <= killed_at < 150

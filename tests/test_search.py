@@ -4,7 +4,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from dist_core import cli
 from dist_core.search.schedulers import make_scheduler, may_exploit
 from dist_core.spec import SchedulerSpec
 
-from helpers import kill_tree
+from helpers import kill_when
 
 ROOT = Path(__file__).resolve().parent.parent
 CMD = [sys.executable, str(ROOT / "launch.py")]
@@ -69,20 +68,11 @@ def test_asha_stopped_some_trials_early(sweep):
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     out = tmp_path / "sweeps"
-    driver = subprocess.Popen([*CMD, "run", "jobs/sweep_quickstart.yaml", "--out", str(out),
-                               *SMALL, "--set", "search.max_concurrent=1", "--set", "search.scheduler.name=fifo"],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline:
-            if out.exists() and any(out.iterdir()) and len(finished_trials(sweep_dirs(out))) >= 2:
-                break
-            assert driver.poll() is None, "sweep finished before it could be killed"
-            time.sleep(0.5)
-        else:
-            pytest.fail("two trials did not finish in time")
-    finally:
-        kill_tree(driver.pid)
+    def two_trials_done() -> bool:
+        return out.exists() and any(out.iterdir()) and len(finished_trials(sweep_dirs(out))) >= 2
+
+    kill_when([*CMD, "run", "jobs/sweep_quickstart.yaml", "--out", str(out), *SMALL, "--set", "search.max_concurrent=1",
+               "--set", "search.scheduler.name=fifo"], ROOT, two_trials_done, 400, "two finished trials", poll=0.5)
     run_dir = sweep_dirs(out)
     before = finished_trials(run_dir)
     assert 2 <= len(before) < 6

@@ -22,7 +22,7 @@ from .pipeline import Stage, execute, split_layers
 from .pipeline_schedule import asynchronous, synchronous
 
 
-def _digits(seed: int):
+def load_digits(seed: int):
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -32,7 +32,7 @@ def _digits(seed: int):
     return x[tr], y[tr], x[te], y[te]
 
 
-def _evaluate(weights: list[list[tuple[np.ndarray, np.ndarray]]], x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def evaluate(weights: list[list[tuple[np.ndarray, np.ndarray]]], x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     layers = [pair for stage in weights for pair in stage]
     h = torch.as_tensor(x)
     for j, (w, b) in enumerate(layers):
@@ -48,7 +48,7 @@ def run(job: AnalogPipelineJob, run_dir: RunDir, resume: bool = False, progress:
     from tqdm.auto import tqdm
 
     a = job.analog
-    xtr, ytr, xte, yte = _digits(job.seed)
+    xtr, ytr, xte, yte = load_digits(job.seed)
     sizes = [64, *a.hidden, 10]
     per_epoch = len(xtr) // (a.micro_batch * a.micro_batches) * a.micro_batches  # whole mini-batches
     metrics, curves = {}, {}
@@ -78,7 +78,7 @@ def run(job: AnalogPipelineJob, run_dir: RunDir, resume: bool = False, progress:
             cycles += plan.cycles
             busy += plan.density * plan.stages * plan.cycles
             weights = ray.get([s.weights.remote() for s in stages]) if a.backend == "ray" else [s.weights() for s in stages]
-            loss, acc = _evaluate(weights, xte, yte)
+            loss, acc = evaluate(weights, xte, yte)
             record = {"schedule": schedule, "epoch": epoch + 1, "samples": samples, "cycles": cycles,
                       "test_loss": loss, "test_acc": acc, "wall_s": wall}
             run_dir.log_metrics(record)

@@ -15,7 +15,6 @@ Two ways to turn a desired increment Δ into pulses:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -35,34 +34,20 @@ def expected_increment(device: Device, w: torch.Tensor, delta: torch.Tensor) -> 
 
 def pulsed_outer_update(device: Device, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor, lr: float,
                         desired_bl: int, gen: torch.Generator) -> torch.Tensor:
-    """One rank-1 update −lr·d·xᵀ (w: out × in, x: in, d: out) as stochastic pulse coincidences."""
-    dw = device.params.dw_min
-    x_max, d_max = float(x.abs().max()), float(d.abs().max())
-    if x_max == 0 or d_max == 0:
-        return w
-    bl = max(1, min(math.ceil(lr * x_max * d_max / dw), desired_bl))
-    base = math.sqrt(lr / (dw * bl))
-    a, b = base * math.sqrt(d_max / x_max), base * math.sqrt(x_max / d_max)
-    px = (a * x.abs()).clamp(max=1.0)
-    pd = (b * d.abs()).clamp(max=1.0)
-    sign = -torch.sign(d)[:, None] * torch.sign(x)[None, :]  # +1 up, −1 down
-    fire_x = (torch.rand((bl, px.numel()), generator=gen) < px).to(w.dtype)
-    fire_d = (torch.rand((bl, pd.numel()), generator=gen) < pd).to(w.dtype)
-    # Coincidences per weight over all BL slots at once. Within one update a weight's pulses all
-    # share a sign, so applying its n pulses in a row has the same law as slot by slot; the loop
-    # runs to the largest count (a few) instead of BL.
-    counts = fire_d.T @ fire_x
-    for c in range(int(counts.max())):
-        w = device.pulse(w, sign * (counts > c).to(w.dtype))
-    return w
+    """One rank-1 update −lr·d·xᵀ (w: out × in, x: in, d: out) as stochastic pulse coincidences.
+
+    A batch of one: within one update a weight's pulses all share a sign, so applying its count of
+    pulses in a row has the same law as slot by slot."""
+    return pulsed_batch_update(device, w, x[None, :], d[None, :], lr, desired_bl, gen)
 
 
 def pulsed_batch_update(device: Device, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor, lr: float,
                         desired_bl: int, gen: torch.Generator) -> torch.Tensor:
-    """A mini-batch of rank-1 updates (x: n × in, d: n × out) with the same per-sample pulse
-    statistics as ``pulsed_outer_update``, but each weight's up and down coincidences summed over
-    the batch and applied grouped by direction rather than sample by sample. The order differs
-    from aihwkit's (second order in dw_min on nonlinear devices); the pulse counts do not."""
+    """A mini-batch of rank-1 updates (x: n × in, d: n × out): per sample, BL slots with firing
+    probabilities from update management (module docstring); each weight's up and down
+    coincidences are summed over the batch and applied grouped by direction. For n > 1 the order
+    differs from aihwkit's sample-by-sample one (second order in dw_min on nonlinear devices); the
+    pulse counts do not."""
     dw = device.params.dw_min
     x_max = x.abs().amax(1).clamp(min=1e-30)
     d_max = d.abs().amax(1).clamp(min=1e-30)

@@ -12,7 +12,6 @@ import torch
 from .. import plots
 from ..runs import RunDir
 from ..spec import BilevelJob
-from . import tasks  # noqa: F401
 from .executors import Snapshot
 from .solve import solve
 from .step import LowerState, train_lower_only

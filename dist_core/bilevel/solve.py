@@ -85,8 +85,8 @@ def solve(
     k = lower_learners
     opts = estimators.make_options(method, **(method_options or {}))
     lam_p, lam_was_tensor = tree.wrap(lam)
-    thetas = [tree.wrap(t)[0] for t in _per_learner(theta, k, "theta")]
-    theta_was_tensor = tree.wrap(_per_learner(theta, k, "theta")[0])[1]
+    wrapped = [tree.wrap(t) for t in _per_learner(theta, k, "theta")]
+    thetas, theta_was_tensor = [p for p, _ in wrapped], wrapped[0][1]
     setup = LearnerSetup(
         problem=problem,
         thetas=thetas,

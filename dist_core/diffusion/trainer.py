@@ -65,6 +65,14 @@ def final_evaluator(setup: Setup) -> Evaluator:
     return Evaluator.make(setup, setup.n_eval, seed=10_000)  # the same for every method and seed
 
 
+def descend(opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor], steps: int) -> None:
+    for _ in range(steps):
+        value = loss()
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+
+
 def train_fixed(setup: Setup, psi: torch.Tensor, steps: int, seed: int) -> EpsMLP:
     """The black-box baselines' inner loop: a DDPM trained from scratch under a fixed ψ."""
     torch.manual_seed(seed)
@@ -72,11 +80,7 @@ def train_fixed(setup: Setup, psi: torch.Tensor, steps: int, seed: int) -> EpsML
     opt = torch.optim.Adam(model.parameters(), lr=setup.lr)
     gen = torch.Generator().manual_seed(seed)
     psi = psi.detach()
-    for _ in range(steps):
-        loss = ddpm_loss(model, setup.ring.sample(setup.batch, gen), psi, setup.T, gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    descend(opt, lambda: ddpm_loss(model, setup.ring.sample(setup.batch, gen), psi, setup.T, gen), steps)
     return model
 
 
@@ -104,27 +108,15 @@ def learn_schedule(setup: Setup, cfg: BilevelConfig, seed: int, psi0: tuple[floa
     def g(model: EpsMLP, p: torch.Tensor, g_gen: torch.Generator) -> torch.Tensor:
         return ddpm_loss(model, setup.ring.sample(setup.batch, g_gen), p, setup.T, g_gen)
 
-    for _ in range(cfg.warmup_steps):
-        loss = g(model_y, psi, gen)
-        opt_y.zero_grad()
-        loss.backward()
-        opt_y.step()
+    descend(opt_y, lambda: g(model_y, psi, gen), cfg.warmup_steps)
 
     history, steps = [], cfg.warmup_steps
     for k in range(cfg.outer_steps):
         psi = psi_param.detach()
-        for _ in range(cfg.y_steps):
-            loss = g(model_y, psi, gen)
-            opt_y.zero_grad()
-            loss.backward()
-            opt_y.step()
+        descend(opt_y, lambda: g(model_y, psi, gen), cfg.y_steps)
         model_z = copy.deepcopy(model_y)
         opt_z = torch.optim.Adam(model_z.parameters(), lr=setup.lr)
-        for _ in range(cfg.z_steps):
-            h = upper.objective(model_z, psi) / cfg.gamma + g(model_z, psi, gen)
-            opt_z.zero_grad()
-            h.backward()
-            opt_z.step()
+        descend(opt_z, lambda: upper.objective(model_z, psi) / cfg.gamma + g(model_z, psi, gen), cfg.z_steps)
         steps += cfg.y_steps + cfg.z_steps
 
         # ∇_ψ of f(θ_z)/γ + g(θ_z) − g(θ_y), on one shared batch so the g terms' noise cancels
