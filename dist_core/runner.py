@@ -32,6 +32,10 @@ def _entry(kind: str) -> Callable[..., Any]:
         from .analog.job import run
 
         return run
+    if kind == "posttrain":
+        from .posttrain.job import run
+
+        return run
     raise RunError(f"kind {kind!r} has no runner")  # unreachable: spec.load checks kinds
 
 

@@ -14,21 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import SpecError
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# ---------------------------------------------------------------- shared sections
-class ClusterSpec(Strict):
-    address: str | None = Field(None, description="Ray address to join; None starts embedded Ray")
-    runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env for submit")
-
-
-class ResourcesSpec(Strict):
-    num_cpus: float | None = Field(None, gt=0, description="CPUs for embedded Ray (default: all)")
-    cpus_per_learner: float = Field(1.0, gt=0, description="CPUs reserved by each lower-learner actor")
+from .posttrain.config import PosttrainJob
+from .specbase import ClusterSpec, JobBase, ResourcesSpec, Strict  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------- kind: bilevel
@@ -107,13 +94,6 @@ class BilevelSpec(Strict):
         if "lr" in opts and opts["lr"] is None:
             opts["lr"] = self.lower.lr
         return opts
-
-
-class JobBase(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    seed: int = 0
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
 
 class BilevelJob(JobBase):
@@ -287,8 +267,9 @@ class SweepJob(JobBase):
 
 
 KINDS: dict[str, type[JobBase]] = {"bilevel": BilevelJob, "sweep": SweepJob, "diffusion_schedule": DiffusionJob,
-                                   "analog_pipeline": AnalogPipelineJob}
-Job = BilevelJob | SweepJob | DiffusionJob | AnalogPipelineJob
+                                   "analog_pipeline": AnalogPipelineJob,
+                                   "posttrain": PosttrainJob}
+Job = BilevelJob | SweepJob | DiffusionJob | AnalogPipelineJob | PosttrainJob
 SWEEPABLE = ("bilevel",)
 
 
@@ -338,6 +319,7 @@ def load_text(text: str, shown: str, overrides: list[str] | None = None) -> Job:
         raise SpecError(shown, _line_of(root, path), field, reason) from None
     if isinstance(job, SweepJob):
         _check_sweep(job, root, shown)
+    job.post_validate(lambda path: _line_of(root, path), shown)
     return job
 
 

@@ -1,0 +1,246 @@
+"""``kind: posttrain``: the driver side of a post-training run on Ray Train + DeepSpeed.
+
+A run has phases, each one ``TorchTrainer.fit()``: with ``estimate_optima`` first an SFT-only and a
+DPO-only run whose final losses become (f*_SFT, f*_DPO), then the job's method. Workers stream
+records to a ``MetricsSink`` actor that the driver drains into ``metrics.jsonl`` while a progress
+bar moves. Finished phases are recorded in ``phases/<phase>.json``, so ``launch.py resume`` skips
+them and the unfinished phase continues from its newest Ray Train checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from ..bilevel.job import JobResult
+from ..checkpoint import write_json_atomic
+from ..runs import RunDir
+from .config import PosttrainJob
+
+log = logging.getLogger("dist_core")
+
+
+@ray.remote(num_cpus=0)
+class MetricsSink:
+    """Rank 0 puts records; the driver drains them (works wherever the actor lands)."""
+
+    def __init__(self) -> None:
+        self.buffer: list[dict[str, Any]] = []
+
+    def put(self, record: dict[str, Any]) -> None:
+        self.buffer.append(record)
+
+    def drain(self) -> list[dict[str, Any]]:
+        out, self.buffer = self.buffer, []
+        return out
+
+
+def reference_cache_dir() -> Path:
+    return Path(os.environ.get("DIST_CORE_CACHE", Path.home() / ".cache" / "dist_core")) / "ref_logps"
+
+
+def build_model_dir(config: dict[str, Any], tokenizer_dir: Path, out: Path, seed: int) -> Path:
+    """Build a model from ``config`` and ``save_pretrained`` it, so workers load it the real way."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    conf = dict(config)
+    model_type = conf.pop("model_type")
+    conf.setdefault("vocab_size", len(tok))
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        conf.setdefault(name, getattr(tok, name) if getattr(tok, name) is not None else tok.eos_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **conf))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    os.replace(tmp, out)
+    return out
+
+
+def absolute(job: PosttrainJob) -> PosttrainJob:
+    """The job with every path absolute: workers do not share the driver's working directory."""
+    data = job.model_dump(mode="json")
+    if data["model"].get("path"):
+        data["model"]["path"] = str(Path(data["model"]["path"]).resolve())
+    data["tokenizer"]["path"] = str(Path(data["tokenizer"]["path"]).resolve())
+    for section in ("sft", "preference"):
+        split = data["data"].get(section)
+        for key in ("train", "eval"):
+            if split and split.get(key):
+                split[key] = str(Path(split[key]).resolve())
+    return PosttrainJob.model_validate(data)
+
+
+def _fit(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tuple[float, float] | None,
+         model_dir: Path, progress: bool) -> dict[str, Any]:
+    """One TorchTrainer run; returns the final metrics and copies the exported model for the main phase."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from tqdm import tqdm
+
+    from .worker import train_loop
+
+    sink = MetricsSink.remote()
+    cfg = {"job": job.model_dump(mode="json"), "method": method, "phase": phase, "optima": optima,
+           "model_dir": str(model_dir), "ref_cache": str(reference_cache_dir()), "sink": sink}
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=cfg, torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=False,
+                                     resources_per_worker={"CPU": job.cpus_per_worker}),
+        run_config=RunConfig(name=phase, storage_path=str((run_dir.path / "train").resolve()),
+                             failure_config=FailureConfig(max_failures=job.max_failures)))
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # re-raised in the driver thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name=f"fit-{phase}", daemon=True)
+    thread.start()
+    bar = tqdm(desc=f"{job.name} {phase} ({method})", unit="step", disable=not progress, leave=False)
+    while thread.is_alive():
+        thread.join(timeout=1.0)
+        for record in ray.get(sink.drain.remote()):
+            run_dir.log_metrics(record)
+            if "step" in record and "event" not in record:
+                bar.n = record["step"]
+                bar.set_postfix({k: f"{record[k]:.3f}" for k in ("sft_loss", "dpo_loss") if k in record})
+                bar.refresh()
+            if record.get("event") == "resumed":
+                log.info("%s: resumed at step %d", phase, record["step"])
+    bar.close()
+    for record in ray.get(sink.drain.remote()):
+        run_dir.log_metrics(record)
+    ray.kill(sink)
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    with result.checkpoint.as_directory() as d:
+        final = json.loads(Path(d, "final.json").read_text())
+        if phase == "main":
+            target_dir = run_dir.path / "model"
+            shutil.rmtree(target_dir, ignore_errors=True)
+            shutil.copytree(Path(d, "model"), target_dir)
+    return final
+
+
+def _phase(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tuple[float, float] | None,
+           model_dir: Path, progress: bool) -> dict[str, Any]:
+    done = run_dir.path / "phases" / f"{phase}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    final = _fit(job, run_dir, phase, method, optima, model_dir, progress)
+    final["wall_s"] = time.perf_counter() - t0
+    done.parent.mkdir(exist_ok=True)
+    write_json_atomic(done, final)
+    log.info("phase %s (%s) finished in %.1f s: %s", phase, method, final["wall_s"],
+             {k: round(final[k], 4) for k in ("f_sft", "f_dpo") if k in final})
+    return final
+
+
+def dedupe_metrics(run_dir: RunDir) -> list[dict[str, Any]]:
+    """Keep the last record of each (phase, step): a restarted worker group replays steps."""
+    records = run_dir.read_metrics()
+    last: dict[tuple, int] = {}
+    for i, r in enumerate(records):
+        if "event" not in r:
+            last[(r.get("phase"), r.get("step"))] = i
+    kept = [r for i, r in enumerate(records) if "event" in r or last.get((r.get("phase"), r.get("step"))) == i]
+    tmp = run_dir.metrics_file.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, run_dir.metrics_file)
+    return kept
+
+
+def plane_png(path: Path, records: list[dict[str, Any]], optima: tuple[float, float] | None, title: str) -> Path:
+    """The run's trajectory in the (f_SFT, f_DPO) plane with the ideal point (the paper's figure)."""
+    from ..plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    styles = {"opt_sft": ("SFT only", "tab:gray"), "opt_dpo": ("DPO only", "tab:olive"), "main": (title, "tab:blue")}
+    for phase, (label, colour) in styles.items():
+        pts = [(r["f_sft"], r["f_dpo"]) for r in records
+               if r.get("phase") == phase and "f_sft" in r and "f_dpo" in r and "event" not in r]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, "-o", ms=3, color=colour, label=label, alpha=1.0 if phase == "main" else 0.5)
+            ax.plot(xs[-1:], ys[-1:], "s", ms=7, color=colour)
+    if optima is not None:
+        ax.plot([optima[0]], [optima[1]], "*", ms=14, color="tab:red", label="ideal (f*_SFT, f*_DPO)")
+    ax.set_xscale("log")  # a DPO-only run forgets SFT by an order of magnitude
+    ax.set_xlabel("f_SFT (eval, log scale)")
+    ax.set_ylabel("f_DPO (eval)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("trajectory in the objective plane")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def losses_png(path: Path, records: list[dict[str, Any]]) -> Path:
+    from ..plots import curves
+
+    main = [r for r in records if r.get("phase") == "main" and "event" not in r and r.get("step", 0) > 0]
+    panels = []
+    for key, label in (("sft_loss", "SFT loss (train batch)"), ("dpo_loss", "DPO loss (train batch)"),
+                       ("reward_acc", "reward accuracy")):
+        pts = [(r["step"], r[key]) for r in main if key in r]
+        if pts:
+            xs, ys = zip(*pts)
+            panels.append({"ylabel": label, "xlabel": "step", "series": [(key, list(xs), list(ys))]})
+    if panels:
+        curves(path, "post-training", [], panels)
+    return path
+
+
+def run(job: PosttrainJob, run_dir: RunDir, resume: bool = False, progress: bool = True) -> JobResult:
+    job = absolute(job)
+    model_dir = job.model.path or build_model_dir(job.model.config, job.tokenizer.path, run_dir.path / "init_model",
+                                                  job.seed)
+    optima: tuple[float, float] | None = (job.optima.sft, job.optima.dpo) if job.optima else None
+    if job.estimate_optima and optima is None:
+        f_sft = _phase(job, run_dir, "opt_sft", "sft", None, model_dir, progress)["f_sft"]
+        f_dpo = _phase(job, run_dir, "opt_dpo", "dpo", None, model_dir, progress)["f_dpo"]
+        optima = (f_sft, f_dpo)
+        write_json_atomic(run_dir.path / "optima.json", {"sft": f_sft, "dpo": f_dpo})
+    final = _phase(job, run_dir, "main", job.method, optima, model_dir, progress)
+    records = dedupe_metrics(run_dir)
+    plane_png(run_dir.plots / "plane.png", records, optima, f"{job.method} λ={job.lam}")
+    losses_png(run_dir.plots / "losses.png", records)
+    metrics = summarize(final, optima, records)
+    return JobResult(metrics, str(run_dir.path / "model"),
+                     {"method": job.method, "lam": job.lam, "optima": list(optima) if optima else None})
+
+
+def summarize(final: dict[str, Any], optima: tuple[float, float] | None,
+              records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final losses, the gaps to (f*_SFT, f*_DPO) and the ideal distance, and throughput."""
+    out = {k: final[k] for k in ("f_sft", "f_dpo", "eval_reward_acc", "steps", "wall_s") if k in final}
+    rates = [r["tokens_per_s"] for r in records if r.get("phase") == "main" and "tokens_per_s" in r]
+    if rates:
+        out["tokens_per_s"] = statistics.median(rates[1:] or rates)  # step 1 includes warm-up
+    if optima is not None and "f_sft" in out and "f_dpo" in out:
+        out["gap_sft"] = out["f_sft"] - optima[0]
+        out["gap_dpo"] = out["f_dpo"] - optima[1]
+        out["ideal_distance"] = math.hypot(out["gap_sft"], out["gap_dpo"])
+    return out

@@ -1,0 +1,444 @@
+"""One Ray Train worker: a DeepSpeed rank that trains the policy with the job's method.
+
+The driver (``job.py``) starts ``TorchTrainer`` with ``train_loop`` and a plain-dict config; each
+worker loads the tokenizer and model with ``from_pretrained``, wraps the model with
+``deepspeed.initialize`` (torch AdamW, the job's DeepSpeed config, gloo on CPU), and runs
+global steps. Rank 0 streams metric records to the driver's sink actor and every rank writes its
+ZeRO shard into Ray Train checkpoints; a restarted worker group continues from the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import data as D
+from . import methods
+from .config import PosttrainJob
+from .losses import dpo_loss, sequence_logps, sft_loss, token_logps
+from .reference import Reference, cached_table, fingerprint, logps_table
+
+STATE_TAG = "state"
+
+
+@dataclass
+class Corpus:
+    """Tokenized data of one worker (every rank holds all rows; batches pick rows by index)."""
+
+    sft: D.Encoded | None
+    sft_eval: D.Encoded | None
+    chosen: D.Encoded | None
+    rejected: D.Encoded | None
+    chosen_eval: D.Encoded | None
+    rejected_eval: D.Encoded | None
+
+
+def _encode_split(tok: Any, job: PosttrainJob) -> Corpus:
+    L = job.data.max_length
+    sft = sft_eval = chosen = rejected = chosen_eval = rejected_eval = None
+    if job.data.sft is not None:
+        sft = D.encode_sft(tok, D.read_rows(job.data.sft.train), L)
+        sft_eval = D.encode_sft(tok, D.read_rows(job.data.sft.eval or job.data.sft.train), L)
+    if job.data.preference is not None:
+        chosen, rejected = D.encode_preference(tok, D.read_rows(job.data.preference.train), L)
+        chosen_eval, rejected_eval = D.encode_preference(
+            tok, D.read_rows(job.data.preference.eval or job.data.preference.train), L)
+    return Corpus(sft, sft_eval, chosen, rejected, chosen_eval, rejected_eval)
+
+
+def _lr_lambda(job: PosttrainJob, total: int):
+    warm, kind = job.optim.warmup_steps, job.optim.schedule
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        frac = (step - warm) / max(1, total - warm)
+        if kind == "linear":
+            return max(0.0, 1.0 - frac)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+        return 1.0
+
+    return f
+
+
+def _all_mean(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+def _broadcast_weights(w: tuple[float, float], world: int) -> tuple[float, float]:
+    """Rank 0's choice for everyone (the reference code drew ALRIGHT's coin on each rank)."""
+    if world == 1:
+        return w
+    t = torch.tensor(w, dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return (float(t[0]), float(t[1]))
+
+
+def _gather_floats(x: float, world: int) -> list[float]:
+    if world == 1:
+        return [x]
+    parts = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(parts, torch.tensor([x], dtype=torch.float64))
+    return [float(p) for p in parts]
+
+
+class Trainer:
+    """The step loop of one rank. ``run()`` returns the final metrics."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        import deepspeed
+        import ray.train
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self.cfg = cfg
+        self.job = job = PosttrainJob.model_validate(cfg["job"])
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.set_num_threads(max(1, int(job.cpus_per_worker)))
+        deepspeed.init_distributed(dist_backend="gloo")
+        self.method_name = cfg["method"]
+        self.sink = cfg.get("sink")
+        self.phase = cfg["phase"]
+
+        self.tok = AutoTokenizer.from_pretrained(str(job.tokenizer.path))
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.corpus = _encode_split(self.tok, job)
+        n_sft = len(self.corpus.sft) if self.corpus.sft is not None else 0
+        n_pref = len(self.corpus.chosen) if self.corpus.chosen is not None else 0
+        self.spe = self._steps_per_epoch(n_sft, n_pref)
+        self.total = self.spe * job.epochs
+        ds = job.deepspeed
+        self.micro, self.accum = ds.train_micro_batch_size_per_gpu, ds.gradient_accumulation_steps
+        self.G = ds.train_batch_size
+
+        torch.manual_seed(job.seed)
+        model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=torch.float32)
+        opt = torch.optim.AdamW(model.parameters(), lr=job.optim.lr, betas=job.optim.betas,
+                                weight_decay=job.optim.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(job, self.total))
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                                    config=ds.as_dict())
+        self.method = methods.make(self.method_name, job.lam, job.epochs, job.seed,
+                                   *(cfg["optima"] or (0.0, 0.0)), job.max_eval_steps, job.sft_epochs)
+        self.start_step = 0
+        self.ref_train: torch.Tensor | None = None  # Sequential's table from the SFT result
+        self._restore()
+        self.ref_model = self._reference_model() if self._needs_ref_model() else None
+        self.ref_eval = self._eval_reference() if self.corpus.chosen is not None else None
+        self.ref = self._train_reference()
+        self.last_t = time.perf_counter()
+
+    # ------------------------------------------------------------ set-up helpers
+    def _steps_per_epoch(self, n_sft: int, n_pref: int) -> int:
+        sizes = {"sft": [n_sft], "dpo": [n_pref]}.get(self.method_name, [n_sft, n_pref])
+        spe = min(sizes) // self.job.deepspeed.train_batch_size
+        if spe < 1:
+            raise ValueError(f"fewer rows ({min(sizes)}) than one global batch ({self.job.deepspeed.train_batch_size})")
+        return spe
+
+    def _needs_ref_model(self) -> bool:
+        if self.corpus.chosen is None:
+            return False
+        # Sequential's DPO reference is the SFT result (a table made at the switch), but the plane's
+        # f_DPO is measured against the initial model like every other method's: keep it for eval.
+        return not self.job.precompute_ref
+
+    def _reference_model(self):
+        """A frozen copy of the initial model: ZeRO-3-sharded like the policy, else whole per rank."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(self.cfg["model_dir"], dtype=torch.float32)
+        ref.requires_grad_(False).eval()
+        if self.job.deepspeed.zero_optimization.stage == 3:
+            cfg = {"train_micro_batch_size_per_gpu": self.micro, "zero_optimization": {"stage": 3},
+                   "steps_per_print": 10**9, "train_batch_size": self.G,
+                   "gradient_accumulation_steps": self.accum}
+            engine, *_ = deepspeed.initialize(model=ref, config=cfg)
+            engine.eval()
+            return engine
+        return ref
+
+    def _forward_fn(self, model):
+        def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return forward
+
+    def _initial_forward(self):
+        """log-probs of the *initial* model: the reference model, or the untrained policy."""
+        if self.ref_model is not None:
+            return self._forward_fn(self.ref_model)
+        if self.start_step > 0:
+            raise RuntimeError("precomputed reference tables are missing from the cache on resume")
+        return self._forward_fn(self.engine)
+
+    def _table(self, chosen: D.Encoded, rejected: D.Encoded, rows: int, forward, key: str | None) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            self.engine.eval()
+            t = logps_table(forward, chosen, rejected, rows, self.micro, self.pad, self.rank, self.world)
+            self.engine.train()
+            return t
+
+        cache = Path(self.cfg["ref_cache"]) if self.cfg.get("ref_cache") and key else None
+        table, hit = cached_table(cache, key or "", compute, self.rank)
+        if self.rank == 0 and key:
+            self._emit({"event": "reference_table", "rows": rows, "cache_hit": hit, "key": key})
+        return table
+
+    def _key(self, split: str, rows: int) -> str | None:
+        if not self.job.precompute_ref:
+            return None
+        j = self.job
+        files = [Path(self.cfg["model_dir"]), j.tokenizer.path,
+                 j.data.preference.train if split == "train" else (j.data.preference.eval or j.data.preference.train)]
+        return f"{split}-" + fingerprint(files, {"max_length": j.data.max_length, "rows": rows})
+
+    def _eval_reference(self) -> torch.Tensor:
+        rows = min(self.job.data.eval_rows, len(self.corpus.chosen_eval))
+        key = self._key("eval", rows)
+        if key is None or not (Path(self.cfg.get("ref_cache") or "") / f"{key}.safetensors").exists():
+            forward = self._initial_forward()
+        else:
+            forward = None  # served from the cache
+        return self._table(self.corpus.chosen_eval, self.corpus.rejected_eval, rows, forward, key)
+
+    def _train_reference(self) -> Reference | None:
+        if self.corpus.chosen is None:
+            return None
+        if self.ref_train is not None:
+            return Reference(table=self.ref_train)
+        if isinstance(self.method, methods.Sequential):
+            return None  # DPO starts after the SFT epochs, against their result (_switch_reference)
+        if self.job.precompute_ref:
+            rows = len(self.corpus.chosen)
+            key = self._key("train", rows)
+            cached = (Path(self.cfg["ref_cache"]) / f"{key}.safetensors").exists()
+            forward = None if cached else self._initial_forward()
+            return Reference(table=self._table(self.corpus.chosen, self.corpus.rejected, rows, forward, key))
+        return Reference(forward=self._forward_fn(self.ref_model))
+
+    # ------------------------------------------------------------ checkpoints
+    def _restore(self) -> None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return
+        with ckpt.as_directory() as d:
+            _, client = self.engine.load_checkpoint(d, tag=STATE_TAG)
+            self.start_step = int(client["step"])
+            if isinstance(self.method, methods.Maxright):
+                self.method.stale = list(client["maxright_stale"])
+            table = Path(d) / "ref_train.safetensors"
+            if table.exists():
+                from safetensors.torch import load_file
+
+                self.ref_train = load_file(str(table))["logps"]
+        if self.rank == 0:
+            self._emit({"event": "resumed", "step": self.start_step})
+
+    def _save(self, step: int, metrics: dict[str, Any]) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        client = {"step": step}
+        if isinstance(self.method, methods.Maxright):
+            client["maxright_stale"] = list(self.method.stale)
+        with tempfile.TemporaryDirectory() as d:
+            self.engine.save_checkpoint(d, tag=STATE_TAG, client_state=client)
+            if self.rank == 0 and self.ref_train is not None:
+                from safetensors.torch import save_file
+
+                save_file({"logps": self.ref_train.contiguous()}, str(Path(d) / "ref_train.safetensors"))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    def _export(self, metrics: dict[str, Any]) -> None:
+        """The final model as ``save_pretrained`` safetensors, reported by rank 0 as the last checkpoint."""
+        import deepspeed
+        import ray.train
+        from ray.train import Checkpoint
+
+        module = self.engine.module
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()} if self.rank == 0 else None
+        with tempfile.TemporaryDirectory() as d:
+            if self.rank == 0:
+                module.save_pretrained(os.path.join(d, "model"), state_dict=state, safe_serialization=True)
+                self.tok.save_pretrained(os.path.join(d, "model"))
+                Path(d, "final.json").write_text(json.dumps(metrics))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if self.rank == 0 else None)
+
+    # ------------------------------------------------------------ the step
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self.sink is not None:
+            self.sink.put.remote({"phase": self.phase, **record})
+
+    def _batches(self, epoch: int, s: int, a: int) -> tuple[dict | None, dict | None]:
+        seed = self.job.seed
+        sft = pref = None
+        if self.corpus.sft is not None:
+            idx = D.micro_slice(D.global_batch(len(self.corpus.sft), self.G, seed, epoch, s), self.micro, a,
+                                self.rank, self.world)
+            sft = D.sft_batch(self.corpus.sft, idx, self.pad)
+        if self.corpus.chosen is not None:
+            idx = D.micro_slice(D.global_batch(len(self.corpus.chosen), self.G, seed + 1, epoch, s), self.micro,
+                                a, self.rank, self.world)
+            pref = D.preference_batch(self.corpus.chosen, self.corpus.rejected, idx, self.pad)
+        return sft, pref
+
+    def _losses(self, sft: dict | None, pref: dict | None, w: tuple[float, float], model) -> tuple[torch.Tensor, dict[str, float]]:
+        """(w_SFT·f_SFT + w_DPO·f_DPO on this micro-batch, statistics) with one forward for both parts."""
+        parts = [b for b, weight in ((sft, w[0]), (pref, w[1])) if b is not None and weight > 0]
+        ids = torch.nn.utils.rnn.pad_sequence([r for b in parts for r in b["input_ids"]], batch_first=True,
+                                              padding_value=self.pad)
+        width = ids.shape[1]
+
+        def padded(key: str, fill: int) -> torch.Tensor:
+            rows = [torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=fill) for b in parts]
+            return torch.cat(rows)
+
+        logits = model(input_ids=ids, attention_mask=padded("attention_mask", 0)).logits
+        labels = padded("labels", -100)
+        loss = torch.zeros(())
+        stats: dict[str, float] = {"tokens": float(padded("attention_mask", 0).sum())}
+        offset = 0
+        if sft is not None and w[0] > 0:
+            n = sft["input_ids"].shape[0]
+            l_sft = sft_loss(logits[offset:offset + n], labels[offset:offset + n])
+            loss = loss + w[0] * l_sft
+            stats["sft_loss"] = float(l_sft)
+            offset += n
+        if pref is not None and w[1] > 0:
+            lp = sequence_logps(logits[offset:], labels[offset:])
+            pc, pr = lp.chunk(2)
+            rc, rr = self.ref.logps(pref)
+            l_dpo, r_c, r_r = dpo_loss(pc, pr, rc, rr, self.job.beta, self.job.label_smoothing)
+            loss = loss + w[1] * l_dpo
+            stats.update(dpo_loss=float(l_dpo), reward_margin=float((r_c - r_r).mean()),
+                         reward_acc=float((r_c > r_r).float().mean()))
+        return loss, stats
+
+    @torch.no_grad()
+    def _refresh_maxright(self, epoch: int, s: int) -> None:
+        vals = [0.0, 0.0]
+        for a in range(self.accum):
+            sft, pref = self._batches(epoch, s, a)
+            _, st = self._losses(sft, pref, (1.0, 1.0), self.engine)
+            vals[0] += st["sft_loss"] / self.accum
+            vals[1] += st["dpo_loss"] / self.accum
+        self.method.refresh(*_all_mean(vals, self.world))
+
+    def _step(self, step: int) -> dict[str, Any]:
+        epoch, s = divmod(step, self.spe)
+        if isinstance(self.method, methods.Sequential) and epoch == self.method.sft_epochs and s == 0:
+            self._switch_reference()
+        if isinstance(self.method, methods.Maxright) and self.method.needs_refresh(step):
+            self._refresh_maxright(epoch, s)
+        w = _broadcast_weights(self.method.pick(step, epoch), self.world)
+        record: dict[str, Any] = {"step": step + 1, "epoch": epoch, "w_sft": w[0], "w_dpo": w[1]}
+        if isinstance(self.method, methods.Alright):
+            record["coin_by_rank"] = _gather_floats(w[1], self.world)
+        sums: dict[str, float] = {}
+        for a in range(self.accum):
+            sft, pref = self._batches(epoch, s, a)
+            loss, stats = self._losses(sft, pref, w, self.engine)
+            self.engine.backward(loss)
+            self.engine.step()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + (v if k == "tokens" else v / self.accum)
+        keys = sorted(sums)
+        means = _all_mean([sums[k] for k in keys], self.world)
+        record.update({k: (v * self.world if k == "tokens" else v) for k, v in zip(keys, means)})
+        self.method.observe(w, record.get("sft_loss"), record.get("dpo_loss"))
+        if isinstance(self.method, methods.Maxright):
+            record["gap_sft"], record["gap_dpo"] = self.method.gaps()
+        now = time.perf_counter()
+        record["step_s"] = now - self.last_t
+        record["tokens_per_s"] = record["tokens"] / max(record["step_s"], 1e-9)
+        record["lr"] = self.engine.get_lr()[0]
+        self.last_t = now
+        return record
+
+    def _switch_reference(self) -> None:
+        """Sequential: DPO's reference becomes the SFT result, tabled once over the preference rows."""
+        if self.ref_train is None:
+            rows = len(self.corpus.chosen)
+            self.ref_train = self._table(self.corpus.chosen, self.corpus.rejected, rows,
+                                         self._forward_fn(self.engine), None)
+        self.ref = Reference(table=self.ref_train)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """f_SFT (token mean) and f_DPO (against the initial model) on the eval rows, all ranks together."""
+        self.engine.eval()
+        out: dict[str, float] = {}
+        if self.corpus.sft_eval is not None:
+            rows = min(self.job.data.eval_rows, len(self.corpus.sft_eval))
+            total = torch.zeros(2, dtype=torch.float64)
+            per_rank = -(-rows // self.world)
+            mine = [r for r in range(self.rank, per_rank * self.world, self.world)]
+            for start in range(0, per_rank, self.micro):
+                idx = np.asarray([r if r < rows else 0 for r in mine[start:start + self.micro]])
+                keep = torch.tensor([r < rows for r in mine[start:start + self.micro]])
+                b = D.sft_batch(self.corpus.sft_eval, idx, self.pad)
+                b["labels"][~keep] = -100  # padded rows count nothing
+                logits = self.engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                lp, mask = token_logps(logits, b["labels"])
+                total += torch.tensor([-float(lp.sum()), float(mask.sum())], dtype=torch.float64)
+            if self.world > 1:
+                dist.all_reduce(total)
+            out["f_sft"] = float(total[0] / total[1])
+        if self.corpus.chosen_eval is not None:
+            rows = self.ref_eval.shape[0]
+            pol = logps_table(self._forward_fn(self.engine), self.corpus.chosen_eval, self.corpus.rejected_eval,
+                              rows, self.micro, self.pad, self.rank, self.world)
+            loss, r_c, r_r = dpo_loss(pol[:, 0], pol[:, 1], self.ref_eval[:, 0], self.ref_eval[:, 1],
+                                      self.job.beta, self.job.label_smoothing)
+            out.update(f_dpo=float(loss), eval_reward_acc=float((r_c > r_r).float().mean()))
+        self.engine.train()
+        return out
+
+    def run(self) -> dict[str, Any]:
+        job = self.job
+        if self.start_step == 0:
+            start = self.evaluate()  # collective: every rank evaluates its shard
+            if self.rank == 0:
+                self._emit({"step": 0, **start})
+        last: dict[str, Any] = {}
+        for step in range(self.start_step, self.total):
+            record = self._step(step)
+            done = step + 1
+            if done % job.eval_every == 0 or done == self.total:
+                record.update(self.evaluate())
+            if self.rank == 0:
+                self._emit(record)
+            last = record
+            if job.checkpoint_every and done % job.checkpoint_every == 0 and done < self.total:
+                self._save(done, {"step": done})
+        final = {k: v for k, v in last.items() if isinstance(v, (int, float))}
+        final.update(self.evaluate() if not {"f_sft", "f_dpo"} & set(last) else {})
+        final["steps"] = self.total
+        self._export(final)
+        return final
+
+
+def train_loop(cfg: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker``."""
+    Trainer(cfg).run()
