@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, FilePath, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import SpecError
 from .posttrain.config import PosttrainJob
