@@ -16,7 +16,8 @@ def _plt():
 
 
 def curves(path: Path, title: str, x: Sequence[float], panels: list[dict], markers: bool = False) -> Path:
-    """One row of panels; each panel: {"ylabel", "series": [(label, ys) or (label, xs, ys)], "hlines": [(label, y)]}."""
+    """One row of panels; each panel: {"ylabel", "series": [(label, ys) or (label, xs, ys)], "hlines": [(label, y)]}
+    and optionally "xlabel", "xscale"/"yscale" ("linear" or "log")."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
@@ -27,6 +28,8 @@ def curves(path: Path, title: str, x: Sequence[float], panels: list[dict], marke
             ax.axhline(y, linestyle="--", color="gray", label=label)
         ax.set_xlabel(panel.get("xlabel", "round"))
         ax.set_ylabel(panel["ylabel"])
+        ax.set_xscale(panel.get("xscale", "linear"))  # "log" for quantities over decades
+        ax.set_yscale(panel.get("yscale", "linear"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +14,7 @@ from .errors import RunError
 from .runs import RunDir
 
 log = logging.getLogger("dist_core")
+LOCAL_KINDS = {"aimc_toy"}  # single-process numerical jobs: starting Ray would only cost seconds
 
 
 def _entry(kind: str) -> Callable[..., Any]:
@@ -30,6 +32,10 @@ def _entry(kind: str) -> Callable[..., Any]:
         return run
     if kind == "analog_pipeline":
         from .analog.job import run
+
+        return run
+    if kind == "aimc_toy":
+        from .analog.toy_job import run
 
         return run
     if kind == "posttrain":
@@ -59,7 +65,9 @@ def run_job(
     t0 = time.perf_counter()
     try:
         # Tune cleans up trials' placement groups through the State API, served by the dashboard.
-        with runtime.connect(address or job.cluster.address, job.resources.num_cpus, dashboard=job.kind == "sweep"):
+        session = (nullcontext() if job.kind in LOCAL_KINDS else
+                   runtime.connect(address or job.cluster.address, job.resources.num_cpus, dashboard=job.kind == "sweep"))
+        with session:
             result = _entry(job.kind)(job, run_dir, resume=resume, progress=progress)
     except BaseException as e:
         wall = time.perf_counter() - t0

@@ -190,6 +190,36 @@ class AnalogPipelineJob(JobBase):
     analog: AnalogPipelineSpec = Field(default_factory=AnalogPipelineSpec)
 
 
+class AimcToySpec(Strict):
+    """The least-squares toy of RESEARCH.md §4a/§7.4 (dist_core.analog.toy)."""
+
+    d: int = Field(40, ge=1, description="dimension of W and x*")
+    n: int = Field(100, ge=1, description="rows of the design X")
+    tau: float = Field(3.0, gt=0.0, description="soft bounds ±τ of the weight devices (Analog SGD, Tiki-Taka's C)")
+    tau_fast: float = Field(1.0, gt=0.0, description="soft bounds ±τ_A of Tiki-Taka's fast array A")
+    dw_min: float = Field(1e-4, gt=0.0, description="pulse granularity of every device")
+    sigma: float = Field(0.1, ge=0.0, description="std of the additive gradient noise")
+    steps: int = Field(40_000, ge=2)
+    alphas: list[float] = Field([0.1, 0.05, 0.02, 0.01], description="step sizes α, swept")
+    methods: list[Literal["digital", "analog_sgd", "tiki_taka_v1", "tiki_taka_v2"]] = Field(
+        ["digital", "analog_sgd", "tiki_taka_v1", "tiki_taka_v2"], min_length=1)
+    gamma: float = Field(0.0, ge=0.0, description="Tiki-Taka's W̄ = γ·A + C")
+    transfer_scales: list[float] = Field([1.0, 0.08], description="Tiki-Taka transfer lr = scale·α, one run each")
+    curve_points: int = Field(100, ge=1, description="block averages kept per error curve")
+
+    @field_validator("alphas", "transfer_scales")
+    @classmethod
+    def _positive_list(cls, values: list[float], info: ValidationInfo) -> list[float]:
+        if not values or min(values) <= 0:
+            raise ValueError(f"{info.field_name} must be a non-empty list of numbers > 0, got {values}")
+        return values
+
+
+class AimcToyJob(JobBase):
+    kind: Literal["aimc_toy"]
+    toy: AimcToySpec = Field(default_factory=AimcToySpec)
+
+
 # ---------------------------------------------------------------- kind: sweep
 class Distribution(Strict):
     """One dimension of a search space, over a dotted field of the base job."""
@@ -267,9 +297,9 @@ class SweepJob(JobBase):
 
 
 KINDS: dict[str, type[JobBase]] = {"bilevel": BilevelJob, "sweep": SweepJob, "diffusion_schedule": DiffusionJob,
-                                   "analog_pipeline": AnalogPipelineJob,
+                                   "analog_pipeline": AnalogPipelineJob, "aimc_toy": AimcToyJob,
                                    "posttrain": PosttrainJob}
-Job = BilevelJob | SweepJob | DiffusionJob | AnalogPipelineJob | PosttrainJob
+Job = BilevelJob | SweepJob | DiffusionJob | AnalogPipelineJob | AimcToyJob | PosttrainJob
 SWEEPABLE = ("bilevel",)
 
 

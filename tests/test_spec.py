@@ -80,6 +80,12 @@ CASES = [
      "5: analog.stages: more stages (3) than layers (2); add hidden layers or use fewer stages"),
     ("device with dw_min <= 0", "kind: analog_pipeline\nname: a\nanalog:\n  device: {name: constant_step, params: {dw_min: -0.001}}\n", [],
      "4: analog.device: dw_min must be > 0, got -0.001"),
+    ("toy with dw_min <= 0", "kind: aimc_toy\nname: a\ntoy:\n  d: 40\n  dw_min: -1.0e-4\n", [],
+     "5: toy.dw_min: must be > 0.0, got -0.0001"),
+    ("toy with no step sizes", "kind: aimc_toy\nname: a\ntoy:\n  alphas: []\n", [],
+     "4: toy.alphas: alphas must be a non-empty list of numbers > 0, got []"),
+    ("toy with a step size <= 0 (--set)", "kind: aimc_toy\nname: a\n", ["--set", "toy.alphas=[0.1,0]"],
+     "1: toy.alphas: alphas must be a non-empty list of numbers > 0, got [0.1, 0.0] (from --set)"),
     ("--set without '='", GOOD, ["--set", "bilevel.rounds"],
      "1: --set: expected dotted.key=value, got 'bilevel.rounds'"),
 ]

@@ -1,4 +1,4 @@
-"""Analog SGD and Tiki-Taka v1 on tiles of devices (RESEARCH.md §4a, §4c).
+"""Analog SGD and Tiki-Taka v1 / v2 on tiles of devices (RESEARCH.md §4a, §4c).
 
 Two ways to turn a desired increment Δ into pulses:
 
@@ -111,8 +111,8 @@ class TikiTaka:
 
     fast: Device
     slow: Device
-    fast_lr: float  # β
-    transfer_lr: float  # α
+    fast_lr: float | torch.Tensor  # β (a tensor broadcasts per row, e.g. one row per step size)
+    transfer_lr: float | torch.Tensor  # α
     gamma: float = 0.0
     transfer_every: int = 1
     n_reads: int = 1  # columns read per transfer
@@ -122,15 +122,92 @@ class TikiTaka:
     def effective(self, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.gamma * a + c
 
+    def _columns(self, cols: int) -> list[int] | slice | None:
+        """The columns read at this step (cyclic, ``n_reads`` at a time), or None between transfers."""
+        self._k += 1
+        if self._k % self.transfer_every:
+            return None
+        if self.n_reads >= cols:
+            return slice(None)  # every column: a view, no gather/scatter copies
+        idx = [(self._col + j) % cols for j in range(min(self.n_reads, cols))]
+        self._col = (self._col + len(idx)) % cols
+        return idx
+
     def step(self, a: torch.Tensor, c: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``grad`` is ∇f at ``effective(a, c)``; returns the new (A, C)."""
         a = expected_increment(self.fast, a, -self.fast_lr * grad)
-        self._k += 1
-        if self._k % self.transfer_every == 0:
-            cols = a.shape[-1]
-            idx = [(self._col + j) % cols for j in range(min(self.n_reads, cols))]
-            self._col = (self._col + len(idx)) % cols
+        idx = self._columns(a.shape[-1])
+        if idx is not None:
             delta = torch.zeros_like(c)
             delta[..., idx] = self.transfer_lr * a[..., idx]
             c = expected_increment(self.slow, c, delta)
+        return a, c
+
+
+def buffered_transfer(h: torch.Tensor, read: torch.Tensor, lr: float | torch.Tensor, threshold: float,
+                      momentum: float, forget: bool, max_pulses: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One buffered read (aihwkit ``BufferedTransferRPUDevice::readAndUpdate``), elementwise.
+
+    ω = H + lr·read;  n = clamp(trunc(ω / threshold), ±max_pulses)  (signed pulse counts for C);
+    where n ≠ 0:  H ← momentum·ω  (``forget``)  or  H ← ω − (1 − momentum)·n·threshold;  else H ← ω.
+    Returns (new H, n). trunc, not round: a buffer below one threshold keeps accumulating."""
+    omega = h + lr * read
+    n = torch.clamp(torch.trunc(omega / threshold), -max_pulses, max_pulses)
+    kept = momentum * omega if forget else omega - (1.0 - momentum) * n * threshold
+    return torch.where(n != 0, kept, omega), n
+
+
+@dataclass
+class TikiTakaV2:
+    """Tiki-Taka v2 (Gokmen 2021; aihwkit ``BufferedTransferCompound``): a digital buffer H between
+    the fast array A and the slow array C, effective weight W̄ = γ·A + C.
+
+        A ← A ⊕ (−β·∇f(W̄))                                                  every step
+        every ``transfer_every`` steps, for the next ``n_reads`` columns j (cyclic):
+            H[:, j], n = buffered_transfer(H[:, j], A[:, j], α, thres_scale·dw_min(C), …)
+            C[:, j] ← n pulses on C's devices (up where n > 0, down where n < 0)
+
+    C only ever receives whole pulses, |n| ≤ ``max_pulses`` (aihwkit's transfer ``desired_bl``,
+    default 1), so sub-threshold signal waits in H instead of being lost to C's asymmetry. The read
+    of A is exact (aihwkit's perfect ``transfer_forward``); A's update is its expectation W ⊕ Δ.
+    """
+
+    fast: Device
+    slow: Device
+    fast_lr: float | torch.Tensor  # β
+    transfer_lr: float | torch.Tensor  # α: scale of A's read into H
+    gamma: float = 0.0
+    transfer_every: int = 1
+    n_reads: int = 1  # columns read per transfer
+    thres_scale: float = 1.0  # threshold = thres_scale · C's dw_min (aihwkit's weight granularity)
+    momentum: float = 0.1  # share of the buffer kept after a transfer
+    forget_buffer: bool = True  # H ← momentum·ω after a transfer (else subtract the transferred part)
+    max_pulses: int = 1  # aihwkit transfer_update.desired_bl
+    buffer: torch.Tensor | None = None  # H, created at the first step
+    _k: int = 0
+    _col: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+        if self.thres_scale <= 0 or self.max_pulses < 1:
+            raise ValueError("thres_scale must be > 0 and max_pulses >= 1")
+
+    effective = TikiTaka.effective
+    _columns = TikiTaka._columns
+
+    def step(self, a: torch.Tensor, c: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``grad`` is ∇f at ``effective(a, c)``; returns the new (A, C) and updates ``buffer``."""
+        a = expected_increment(self.fast, a, -self.fast_lr * grad)
+        if self.buffer is None:
+            self.buffer = torch.zeros_like(c)
+        idx = self._columns(a.shape[-1])
+        if idx is None:
+            return a, c
+        h, n = buffered_transfer(self.buffer[..., idx], a[..., idx], self.transfer_lr, self.thres_scale * self.slow.params.dw_min,
+                                 self.momentum, self.forget_buffer, self.max_pulses)
+        self.buffer[..., idx] = h
+        counts = torch.zeros_like(c)
+        counts[..., idx] = n
+        c = self.slow.pulses(self.slow.pulses(c, counts.clamp(min=0), up=True), (-counts).clamp(min=0), up=False)
         return a, c
