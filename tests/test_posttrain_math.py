@@ -238,3 +238,43 @@ def test_reference_tables_are_cached_by_fingerprint(tmp_path):
     data.write_text('{"a": 2}\n')
     assert fingerprint([data, TOK], {"max_length": 32}) != key
     assert fingerprint([tmp_path / "cache"], {}) != fingerprint([tmp_path / "cache"], {"max_length": 1})
+
+
+# ---------------------------------------------------------------- bad job files
+ALRIGHT = (ROOT / "jobs/sft_dpo_alright.yaml").read_text()
+
+
+def _line(needle: str) -> int:
+    return next(i for i, line in enumerate(ALRIGHT.splitlines(), 1) if needle in line)
+
+
+BAD = [
+    ("tokenizer directory missing", ALRIGHT.replace("path: data/synthlang/tokenizer", "path: data/nothere"),
+     f"{{job}}:{_line('path: data/synthlang/tokenizer')}: tokenizer.path: path does not point to a directory, got 'data/nothere'"),
+    ("inconsistent batch size", ALRIGHT.replace("train_batch_size: 32", "train_batch_size: 24"),
+     f"{{job}}:{_line('train_batch_size')}: deepspeed.train_batch_size: must equal micro batch 16 x accumulation 1 x workers 2 = 32, got 24"),
+    ("ZeRO stage 4", ALRIGHT.replace("{stage: 2}", "{stage: 4}"),
+     f"{{job}}:{_line('zero_optimization')}: deepspeed.zero_optimization.stage: must be <= 3, got 4"),
+    ("unknown method", ALRIGHT.replace("method: alright", "method: alrite"),
+     f"{{job}}:{_line('method: alright')}: method: must be one of 'sft', 'dpo', 'sequential', 'mix', 'alright' or 'maxright', got 'alrite'"),
+    ("a preference row missing chosen", ALRIGHT.replace("preference: {train: data/synthlang/pref_train.jsonl",
+                                                        "preference: {train: {data}"),
+     "{data}:3: chosen: required field missing in this preference row (rows need prompt / chosen / rejected; "
+     "got prompt, rejected)"),
+]
+
+
+@pytest.mark.parametrize("name,text,expected", BAD, ids=[b[0] for b in BAD])
+def test_bad_posttrain_job_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, name, text, expected):
+    from dist_core import cli
+
+    monkeypatch.chdir(ROOT)
+    rows = tmp_path / "pref.jsonl"
+    good = (ROOT / "data/synthlang/pref_train.jsonl").read_text().splitlines()[:2]
+    rows.write_text("\n".join(good + ['{"prompt": "Q: x?\\nA:", "rejected": " y."}']) + "\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(text.replace("{data}", str(rows)))
+    out = tmp_path / "runs"
+    assert cli.main(["run", str(job), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == expected.format(job=job, data=rows) + "\n"
+    assert not out.exists()

@@ -69,7 +69,7 @@ def check_rows(rows: list[dict[str, Any]], path: Path, kind: str) -> None:
             value = row.get(name)
             if value is None:
                 raise SpecError(str(path), lines[i], name, f"required field missing in this {kind} row "
-                                f"(rows need {' / '.join(fields)}; got {', '.join(sorted(row)) or 'nothing'})")
+                                f"(rows need {' / '.join(fields)}; got {', '.join(sorted(k for k, v in row.items() if v is not None)) or 'nothing'})")
             if not (isinstance(value, str) and value) and not _is_chat(value):
                 raise SpecError(str(path), lines[i], name, f"must be a non-empty string or a chat list, "
                                 f"got {type(value).__name__}")

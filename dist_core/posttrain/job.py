@@ -235,7 +235,8 @@ def run(job: PosttrainJob, run_dir: RunDir, resume: bool = False, progress: bool
 def summarize(final: dict[str, Any], optima: tuple[float, float] | None,
               records: list[dict[str, Any]]) -> dict[str, Any]:
     """Final losses, the gaps to (f*_SFT, f*_DPO) and the ideal distance, and throughput."""
-    out = {k: final[k] for k in ("f_sft", "f_dpo", "eval_reward_acc", "steps", "wall_s") if k in final}
+    out = {k: final[k] for k in ("f_sft", "f_dpo", "eval_reward_acc", "steps", "wall_s", "peak_rss_mb_by_rank")
+           if k in final}
     rates = [r["tokens_per_s"] for r in records if r.get("phase") == "main" and "tokens_per_s" in r]
     if rates:
         out["tokens_per_s"] = statistics.median(rates[1:] or rates)  # step 1 includes warm-up

@@ -98,6 +98,12 @@ def _gather_floats(x: float, world: int) -> list[float]:
     return [float(p) for p in parts]
 
 
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
 class Trainer:
     """The step loop of one rank. ``run()`` returns the final metrics."""
 
@@ -435,6 +441,7 @@ class Trainer:
         final = {k: v for k, v in last.items() if isinstance(v, (int, float))}
         final.update(self.evaluate() if not {"f_sft", "f_dpo"} & set(last) else {})
         final["steps"] = self.total
+        final["peak_rss_mb_by_rank"] = _gather_floats(_peak_rss_mb(), self.world)
         self._export(final)
         return final
 
