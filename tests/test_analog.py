@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from dist_core.analog import devices
-from dist_core.analog.optim import AnalogSGD, expected_increment, pulsed_batch_update, pulsed_outer_update
+from dist_core.analog.optim import (AnalogSGD, coincidences, expected_increment, pulsed_batch_update, pulsed_outer_update,
+                                    sample_pulse_trains)
 
 QUIET = dict(dw_min_dtod=0.0, dw_min_std=0.0, w_max_dtod=0.0, w_min_dtod=0.0, up_down_dtod=0.0)
 
@@ -110,7 +112,7 @@ def test_expected_increment_on_the_asymmetric_linear_device():
 def test_pulsed_update_matches_its_expectation():
     """The mean of stochastic pulse coincidences is −lr·d·xᵀ (ideal device, linear regime)."""
     dev = devices.make("ideal_constant", dw_min=1e-3)
-    g = torch.Generator().manual_seed(0)
+    g = np.random.default_rng(0)
     x, d = torch.tensor([0.5, -1.0, 0.2]), torch.tensor([0.8, -0.3])
     lr, runs = 0.01, 4000
     total = torch.zeros(2, 3, dtype=torch.float64)
@@ -124,7 +126,7 @@ def test_pulsed_update_matches_its_expectation():
 def test_batched_pulses_match_their_expectation():
     """Grouped per weight over a mini-batch: the mean is still −lr·Σ_b d_b x_bᵀ."""
     dev = devices.make("ideal_constant", dw_min=1e-3)
-    g = torch.Generator().manual_seed(1)
+    g = np.random.default_rng(1)
     x = torch.tensor([[0.5, -1.0, 0.2], [0.1, 0.4, -0.3]], dtype=torch.float64)
     d = torch.tensor([[0.8, -0.3], [-0.2, 0.6]], dtype=torch.float64)
     lr, runs = 0.01, 3000
@@ -132,6 +134,42 @@ def test_batched_pulses_match_their_expectation():
     for _ in range(runs):
         total += pulsed_batch_update(dev, torch.zeros(2, 3, dtype=torch.float64), x, d, lr, 31, g)
     assert torch.allclose(total / runs, -lr * d.T @ x, atol=3e-4)
+
+
+def test_coincidence_counts_equal_a_slot_by_slot_loop():
+    """The two-matmul count (total and net) equals counting each (sample, slot, i, j) coincidence
+    with its direction: down when x_j·d_i > 0, up when < 0, none when either is 0."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 5)) * (rng.random((3, 5)) > 0.2)  # some exact zeros: no pulse
+    d = rng.normal(size=(3, 4))
+    fire = rng.random((3, 6, 9)) < 0.5  # outputs first, then inputs
+    n_up, n_down = coincidences(fire, np.sign(d), np.sign(x))
+    up, down = np.zeros((4, 5)), np.zeros((4, 5))
+    for b in range(3):
+        for s in range(6):
+            for i in range(4):
+                for j in range(5):
+                    if fire[b, s, i] and fire[b, s, 4 + j]:
+                        if x[b, j] * d[b, i] > 0:
+                            down[i, j] += 1
+                        elif x[b, j] * d[b, i] < 0:
+                            up[i, j] += 1
+    assert np.array_equal(n_up, up) and np.array_equal(n_down, down)
+
+
+def test_pulse_trains_use_each_samples_bit_length_and_probabilities():
+    """Slots at or past a sample's BL never fire; within them, line k fires with its managed
+    probability: B|d_i| = √(lr/(dw·BL)·x_max/d_max)|d_i|, A|x_j| = √(lr/(dw·BL)·d_max/x_max)|x_j|."""
+    lr, dw = 0.01, 1e-3
+    x = np.array([[0.5, -0.25], [0.1, 0.05]])
+    d = np.array([[1.0, -0.5], [0.2, 0.1]])  # BL = ⌈lr·x_max·d_max/dw⌉ = 5 and 1
+    fire = np.stack([sample_pulse_trains(x, d, lr, dw, 31, np.random.default_rng(k)) for k in range(4000)])
+    assert fire.shape[2] == 5 and not fire[:, 1, 1:].any()  # sample 1 has one slot
+    for b, bl in enumerate([5, 1]):
+        scale = lr / (dw * bl)
+        xm, dm = np.abs(x[b]).max(), np.abs(d[b]).max()
+        p = np.concatenate([np.abs(d[b]) * np.sqrt(scale * xm / dm), np.abs(x[b]) * np.sqrt(scale * dm / xm)])
+        assert np.allclose(fire[:, b, :bl].mean((0, 1)), np.minimum(p, 1), atol=0.03)
 
 
 @pytest.mark.parametrize("name,extra", [("soft_bounds", {}), ("constant_step", {}),

@@ -131,6 +131,7 @@ class Device:
     seed: int = 0
     _constants: dict[tuple, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
     _gen: torch.Generator | None = field(default=None, repr=False)
+    _affine_cache: dict[tuple, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def kind(self) -> str:
@@ -167,21 +168,36 @@ class Device:
         devices (constant, linear, soft bounds: step = s·w + Δ) have the closed form
         w_n = w* + (w − w*)(1 + s)^n, w* = −Δ/s (or w + nΔ when s = 0), clipped at the bounds;
         otherwise (noise, pow step) the pulses are applied one by one."""
-        p, c = self.params, self.constants(w.shape)
+        p = self.params
         if p.dw_min_std or isinstance(p, PowStep):
             for k in range(int(n.max()) if n.numel() else 0):
                 w = self.pulse(w, (n > k).to(w.dtype) * (1 if up else -1))
             return w
+        a, c = self._affine(w.shape, up), self.constants(w.shape)
         wd, nd = w.double(), n.double()
-        if isinstance(p, LinearStep):
-            slope, delta = (c["slope_up"], c["dw_up"]) if up else (-c["slope_down"], -c["dw_down"])
-        else:
-            slope, delta = torch.zeros_like(wd), (c["dw_up"] if up else -c["dw_down"])
-        flat = slope.abs() < 1e-15
-        safe = torch.where(flat, torch.ones_like(slope), slope)
-        w_star = -delta / safe
-        moved = torch.where(flat, wd + nd * delta, w_star + (wd - w_star) * (1 + safe) ** nd)
-        return torch.minimum(torch.maximum(moved, c["b_min"]), c["b_max"]).to(w.dtype)
+        if a["all_flat"]:
+            moved = wd + nd * a["delta"]
+        else:  # (1 + s)^n as exp(n·log(1 + s)): log cached, two cheap ops instead of a tensor pow
+            moved = a["w_star"] + (wd - a["w_star"]) * torch.exp(nd * a["log_growth"])
+            if a["flat"] is not None:
+                moved = torch.where(a["flat"], wd + nd * a["delta"], moved)
+        return torch.clamp(moved, c["b_min"], c["b_max"]).to(w.dtype)
+
+    def _affine(self, shape: torch.Size, up: bool) -> dict[str, Any]:
+        """Per-shape constants of one direction's affine step w ← (1 + s)·w + Δ, computed once:
+        a training step applies pulses every call, and these do not change."""
+        key = (tuple(shape), up)
+        if key not in self._affine_cache:
+            c = self.constants(shape)
+            if isinstance(self.params, LinearStep):
+                slope, delta = (c["slope_up"], c["dw_up"]) if up else (-c["slope_down"], -c["dw_down"])
+            else:
+                slope, delta = torch.zeros_like(c["dw_up"]), (c["dw_up"] if up else -c["dw_down"])
+            flat = slope.abs() < 1e-15
+            safe = torch.where(flat, torch.ones_like(slope), slope)
+            self._affine_cache[key] = {"delta": delta, "w_star": -delta / safe, "log_growth": torch.log1p(safe),
+                                       "flat": flat if bool(flat.any()) else None, "all_flat": bool(flat.all())}
+        return self._affine_cache[key]
 
     def read(self, w: torch.Tensor) -> torch.Tensor:
         """What a forward pass sees: w plus write noise (write_noise_std · dw_min)."""
