@@ -79,7 +79,8 @@ def _trajectory(records, key):
     return np.array([r[key] for r in records if key in r and r["step"] > 0])
 
 
-def test_one_worker_two_workers_and_zero3_follow_the_same_trajectory(ray_session, small_data, tmp_path):
+def test_one_worker_two_workers_and_zero3_follow_the_same_trajectory(ray_session, small_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIST_CORE_CACHE", str(tmp_path / "cache"))  # reference tables, not in ~/.cache
     # Same global batch of 16: 1 worker x 8 x 2 accumulation, 2 workers x 8, and 2 workers on ZeRO-3.
     # The 1-worker run also uses precomputed reference tables instead of the reference model.
     runs = {
@@ -94,6 +95,7 @@ def test_one_worker_two_workers_and_zero3_follow_the_same_trajectory(ray_session
         for other in ("w1", "z3"):
             # fp32 sums in another order (gloo all-reduce, ZeRO-3 gathers): measured <= 1.1e-7 relative.
             np.testing.assert_allclose(_trajectory(out[other][2], key), base, rtol=1e-5, err_msg=f"{other}: {key}")
+    assert len(list((tmp_path / "cache" / "ref_logps").glob("*.safetensors"))) == 2  # train and eval tables
     first = next(r for r in out["w2"][2] if r["step"] == 1)
     assert first["dpo_loss"] == pytest.approx(np.log(2), abs=1e-5)  # π = π_ref at step 1
     assert out["w2"][2][-1]["sft_loss"] < 0.7 * first["sft_loss"]
