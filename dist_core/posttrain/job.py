@@ -24,6 +24,7 @@ import ray
 
 from ..bilevel.job import JobResult
 from ..checkpoint import write_json_atomic
+from ..errors import RunError
 from ..runs import RunDir
 from .config import PosttrainJob
 
@@ -94,6 +95,7 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tu
 
     from .worker import train_loop
 
+    _check_fits(job)
     sink = MetricsSink.remote()
     cfg = {"job": job.model_dump(mode="json"), "method": method, "phase": phase, "optima": optima,
            "model_dir": str(model_dir), "ref_cache": str(reference_cache_dir()), "sink": sink}
@@ -138,6 +140,15 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tu
             shutil.rmtree(target_dir, ignore_errors=True)
             shutil.copytree(Path(d, "model"), target_dir)
     return final
+
+
+def _check_fits(job: PosttrainJob) -> None:
+    """Ray Train would wait forever for workers the cluster cannot place: say so up front."""
+    need = job.workers * job.cpus_per_worker
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if need > have:
+        raise RunError(f"{job.workers} workers x {job.cpus_per_worker} CPUs = {need:g} CPUs, but the cluster has "
+                       f"{have:g}; lower workers or cpus_per_worker")
 
 
 def _phase(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tuple[float, float] | None,
