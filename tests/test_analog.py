@@ -143,7 +143,7 @@ def test_coincidence_counts_equal_a_slot_by_slot_loop():
     x = rng.normal(size=(3, 5)) * (rng.random((3, 5)) > 0.2)  # some exact zeros: no pulse
     d = rng.normal(size=(3, 4))
     fire = rng.random((3, 6, 9)) < 0.5  # outputs first, then inputs
-    n_up, n_down = coincidences(fire, np.sign(d), np.sign(x))
+    n_up, n_down = coincidences(fire, np.sign(np.concatenate([d, x], 1)), 4)
     up, down = np.zeros((4, 5)), np.zeros((4, 5))
     for b in range(3):
         for s in range(6):
@@ -163,7 +163,8 @@ def test_pulse_trains_use_each_samples_bit_length_and_probabilities():
     lr, dw = 0.01, 1e-3
     x = np.array([[0.5, -0.25], [0.1, 0.05]])
     d = np.array([[1.0, -0.5], [0.2, 0.1]])  # BL = ⌈lr·x_max·d_max/dw⌉ = 5 and 1
-    fire = np.stack([sample_pulse_trains(x, d, lr, dw, 31, np.random.default_rng(k)) for k in range(4000)])
+    dx = np.concatenate([d, x], 1)
+    fire = np.stack([sample_pulse_trains(dx, 2, lr, dw, 31, np.random.default_rng(k)) for k in range(4000)])
     assert fire.shape[2] == 5 and not fire[:, 1, 1:].any()  # sample 1 has one slot
     for b, bl in enumerate([5, 1]):
         scale = lr / (dw * bl)

@@ -173,15 +173,27 @@ class Device:
             for k in range(int(n.max()) if n.numel() else 0):
                 w = self.pulse(w, (n > k).to(w.dtype) * (1 if up else -1))
             return w
+        return self._closed_form(w.double(), n.double(), up).to(w.dtype)
+
+    def pulse_counts(self, w: torch.Tensor, n_up: torch.Tensor, n_down: torch.Tensor) -> torch.Tensor:
+        """n_up[i] up pulses, then n_down[i] down pulses, on each weight: a pulsed update's counts
+        in one call (one conversion each way on the closed-form path)."""
+        p = self.params
+        if p.dw_min_std or isinstance(p, PowStep):
+            return self.pulses(self.pulses(w, n_up, up=True), n_down, up=False)
+        moved = self._closed_form(self._closed_form(w.double(), n_up.double(), True), n_down.double(), False)
+        return moved.to(w.dtype)
+
+    def _closed_form(self, w: torch.Tensor, n: torch.Tensor, up: bool) -> torch.Tensor:
+        """``pulses`` on a noise-free affine device, float64 in and out."""
         a, c = self._affine(w.shape, up), self.constants(w.shape)
-        wd, nd = w.double(), n.double()
         if a["all_flat"]:
-            moved = wd + nd * a["delta"]
+            moved = w + n * a["delta"]
         else:  # (1 + s)^n as exp(n·log(1 + s)): log cached, two cheap ops instead of a tensor pow
-            moved = a["w_star"] + (wd - a["w_star"]) * torch.exp(nd * a["log_growth"])
+            moved = a["w_star"] + (w - a["w_star"]) * torch.exp(n * a["log_growth"])
             if a["flat"] is not None:
-                moved = torch.where(a["flat"], wd + nd * a["delta"], moved)
-        return torch.clamp(moved, c["b_min"], c["b_max"]).to(w.dtype)
+                moved = torch.where(a["flat"], w + n * a["delta"], moved)
+        return torch.clamp(moved, c["b_min"], c["b_max"])
 
     def _affine(self, shape: torch.Size, up: bool) -> dict[str, Any]:
         """Per-shape constants of one direction's affine step w ← (1 + s)·w + Δ, computed once:

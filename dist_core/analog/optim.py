@@ -52,44 +52,46 @@ def pulsed_batch_update(device: Device, w: torch.Tensor, x: torch.Tensor, d: tor
 
     The pulse bookkeeping runs in NumPy: at these sizes (tens × tens) each op costs its call
     overhead, which is 2–3× lower in NumPy than in eager torch; the device update stays in torch."""
-    xn, dn = x.detach().cpu().numpy(), d.detach().cpu().numpy()
-    fire = sample_pulse_trains(xn, dn, lr, device.params.dw_min, desired_bl, rng)
-    n_up, n_down = coincidences(fire, np.sign(dn), np.sign(xn))
+    out = d.shape[1]
+    dx = np.concatenate([d.detach().cpu().numpy(), x.detach().cpu().numpy()], 1)  # each sample's lines, outputs first
+    fire = sample_pulse_trains(dx, out, lr, device.params.dw_min, desired_bl, rng)
+    n_up, n_down = coincidences(fire, np.sign(dx).astype(np.float32), out)
     # All ups, then all downs (closed form on noise-free affine devices, else pulse by pulse).
-    w = device.pulses(w, torch.from_numpy(n_up), up=True)
-    return device.pulses(w, torch.from_numpy(n_down), up=False)
+    return device.pulse_counts(w, torch.from_numpy(n_up), torch.from_numpy(n_down))
 
 
-def sample_pulse_trains(x: np.ndarray, d: np.ndarray, lr: float, dw_min: float, desired_bl: int,
+def sample_pulse_trains(dx: np.ndarray, out: int, lr: float, dw_min: float, desired_bl: int,
                         rng: np.random.Generator) -> np.ndarray:
-    """Which lines fire in which slot: bool, n × slots × (out + in), outputs first.
+    """Which lines fire in which slot: bool, n × slots × (out + in), for dx = [d | x] (n × (out + in)).
 
     Only max(BL) slots are drawn, not ``desired_bl``: BL = min(⌈lr·max|x|·max|d|/dw_min⌉, desired_bl)
     is often a few slots, and slots at or beyond a sample's own BL never fire. Both sides come from
     one uniform draw (one call; every bit is still independent)."""
-    ax, ad = np.abs(x), np.abs(d)
-    x_max = np.maximum(ax.max(1, keepdims=True), 1e-30)
-    d_max = np.maximum(ad.max(1, keepdims=True), 1e-30)
+    prob = np.abs(dx)
+    d_max = np.maximum(prob[:, :out].max(1, keepdims=True), 1e-30)
+    x_max = np.maximum(prob[:, out:].max(1, keepdims=True), 1e-30)
     bl = np.minimum(np.maximum(np.ceil(lr * x_max * d_max / dw_min), 1), desired_bl)  # np.clip: slower wrapper
     scale = lr / (dw_min * bl)
-    # update management: B|d_i| = √(scale·x_max/d_max)·|d_i|, A|x_j| = √(scale·d_max/x_max)·|x_j| (≤ 1 unless capped)
-    prob = np.concatenate([ad * np.sqrt(scale * x_max / d_max), ax * np.sqrt(scale * d_max / x_max)], 1)
+    # update management: A = √(scale·d_max/x_max) on inputs, B = scale/A = √(scale·x_max/d_max) on outputs;
+    # A|x_j|, B|d_i| ≤ 1 unless BL is capped, and a probability above 1 simply always fires
+    a = np.sqrt(scale * d_max / x_max)
+    prob[:, :out] *= scale / a
+    prob[:, out:] *= a
     lo, hi = int(bl.min()), int(bl.max())
-    fire = rng.random((len(x), hi, prob.shape[1]), dtype=np.float32) < prob[:, None, :]
+    fire = rng.random((len(dx), hi, dx.shape[1]), dtype=np.float32) < prob[:, None, :]
     if lo < hi:  # per-sample BL: silence slots s ≥ BL_b
         fire &= (np.arange(hi)[None, :] < bl)[:, :, None]
     return fire
 
 
-def coincidences(fire: np.ndarray, sign_d: np.ndarray, sign_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Up and down pulse counts per weight (out × in, float32: exact below 2²⁴), summed over samples and slots.
+def coincidences(fire: np.ndarray, signs: np.ndarray, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up and down pulse counts per weight (out × in, float32: exact below 2²⁴), summed over samples
+    and slots; ``signs`` = sign([d | x]) per sample (n × (out + in)).
 
     A coincidence of output i and input j in a slot of sample b is one pulse, down when
     x_bj·d_bi > 0 (none when either is 0). With every (sample, slot) as one row of S = F·sign, split
     as [Sd | Sx]: total = |Sd|ᵀ·|Sx| counts all coincidences and net = Sdᵀ·Sx counts down − up: two
     small matmuls instead of a batched outer product per sign."""
-    out = sign_d.shape[1]
-    signs = np.concatenate([sign_d, sign_x], 1).astype(np.float32)
     signed = (fire * signs[:, None, :]).reshape(-1, fire.shape[-1])  # ±1 where a line fires, 0 on x = 0
     mag = np.abs(signed)
     total = mag[:, :out].T @ mag[:, out:]
@@ -240,5 +242,5 @@ class TikiTakaV2:
         self.buffer[..., idx] = h
         counts = torch.zeros_like(c)
         counts[..., idx] = n
-        c = self.slow.pulses(self.slow.pulses(c, counts.clamp(min=0), up=True), (-counts).clamp(min=0), up=False)
+        c = self.slow.pulse_counts(c, counts.clamp(min=0), (-counts).clamp(min=0))
         return a, c
