@@ -3,7 +3,8 @@
     python bench/analog.py            # writes bench/results/analog.json
 
 A. An MLP (64-64-48-32-10) on digits cut into S = 2, 3, 4 stage actors: samples/s (wall) and
-   clock-cycle density, synchronous (B = 4 micro-batches of 16) against asynchronous, one epoch.
+   clock-cycle density, synchronous (B = 4 micro-batches of 16) against asynchronous, one epoch,
+   best of REPEATS_PIPELINE interleaved runs.
 B. Pulsed Analog SGD on one 64→10 analog layer with soft-bounds devices, stochastic pulse trains
    (desired_bl = 31, update management on, forward perfect, no device noise: equal fidelity) over
    the same batches: training steps/s and final accuracy, ours against aihwkit's AnalogLinear +
@@ -115,6 +116,7 @@ def aihwkit_run(steps: int, batch: int, lr: float) -> dict:
 
 
 REPEATS = 5
+REPEATS_PIPELINE = 3
 
 
 def pulsed_rows(steps: int, batch: int, lr: float, threads: int) -> dict[str, dict]:
@@ -140,14 +142,15 @@ def main() -> None:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
-        pipe = [pipeline(S, sched) for S in (2, 3, 4) for sched in ("sync", "async")]
+    try:  # best of REPEATS, interleaved, as for the pulsed rows: the wall times share the machine
+        runs = [[pipeline(S, sched) for S in (2, 3, 4) for sched in ("sync", "async")] for _ in range(REPEATS_PIPELINE)]
+        pipe = [max(rows, key=lambda r: r["samples_per_s"]) for rows in zip(*runs)]
     finally:
         ray.shutdown()
     steps, batch, lr = 200, 16, 0.01
     pulsed = {f"{name}, {threads} thread{'s' * (threads > 1)}": row for threads in (1, 2)
               for name, row in pulsed_rows(steps, batch, lr, threads).items()}
-    out = write("analog", {"pipeline": pipe, "pulsed": {"steps": steps, "batch": batch, "lr": lr, "repeats": REPEATS,
+    out = write("analog", {"pipeline": pipe, "pipeline_repeats": REPEATS_PIPELINE, "pulsed": {"steps": steps, "batch": batch, "lr": lr, "repeats": REPEATS,
                                                         "device": DEVICE, "desired_bl": 31, "rows": pulsed}})
     print("| S | schedule | samples/s | cycles | density | test acc |")
     print("|---|---|---|---|---|---|")
