@@ -24,6 +24,8 @@ def _label(method: str, scale: float | None) -> str:
 
 def run(job: AimcToyJob, run_dir: RunDir, resume: bool = False, progress: bool = True) -> JobResult:
     t = job.toy
+    if resume:  # no checkpoints (the whole job is seconds): rerun, dropping a partial run's records
+        run_dir.truncate_metrics(-1)
     problem = make_problem(t.d, t.n, job.seed)
     settings = ToySettings(steps=t.steps, sigma=t.sigma, tau=t.tau, dw_min=t.dw_min, tau_fast=t.tau_fast,
                            gamma=t.gamma, curve_points=t.curve_points)
