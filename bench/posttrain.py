@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
@@ -662,7 +661,7 @@ def pct(x: float) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    L: list[str] = [f"# Post-training benchmark (`bench/posttrain.py`)", "",
+    L: list[str] = ["# Post-training benchmark (`bench/posttrain.py`)", "",
                     f"Machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores; commit {doc['commit']}; "
                     f"{doc['date']}. fp32 matmul peak (2048², best of 20): "
                     f"**{doc['peak']['2_threads']['gflops_best']:.0f} GFLOP/s on 2 threads** "

@@ -124,6 +124,7 @@ def test_sequential_and_mix_weights():
     seq = methods.make("sequential", lam=0.5, epochs=6)
     assert [seq.pick(0, e) for e in range(6)] == [methods.SFT] * 3 + [methods.DPO] * 3
     assert methods.sft_epochs_for(0.25, 4) == 3 and methods.sft_epochs_for(0.99, 6) == 1
+    assert methods.sft_epochs_for(0.5, 5) == 3 and methods.sft_epochs_for(0.5, 4) == 2  # halves round up
     assert methods.make("mix", lam=0.25, epochs=2).pick(0, 0) == (0.75, 0.25)
 
 

@@ -7,6 +7,7 @@ quadratics. λ is the **DPO** weight throughout: the target is min (1−λ)·f_S
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,7 +104,9 @@ Method = Sequential | Mix | Alright | Maxright
 
 def sft_epochs_for(lam: float, epochs: int) -> int:
     """The paper's grid: T_SFT + T_DPO = epochs with T_DPO ≈ λ·epochs, each at least one epoch."""
-    return int(min(max(round((1.0 - lam) * epochs), 1), epochs - 1))
+    # floor(x + 1/2), not round(): Python rounds halves to even (λ = 0.5, 3 epochs would give 2 SFT epochs
+    # but 5 epochs 2 as well).
+    return int(min(max(math.floor((1.0 - lam) * epochs + 0.5), 1), epochs - 1))
 
 
 def make(name: str, lam: float, epochs: int, seed: int = 0, opt_sft: float = 0.0, opt_dpo: float = 0.0,

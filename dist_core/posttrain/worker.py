@@ -160,7 +160,6 @@ class Trainer:
         self.ref_model = self._reference_model() if self._needs_ref_model() else None
         self.ref_eval = self._eval_reference() if self.corpus.chosen is not None else None
         self.ref = self._train_reference()
-        self.last_t = time.perf_counter()
 
     # ------------------------------------------------------------ set-up helpers
     def _steps_per_epoch(self, n_sft: int, n_pref: int) -> int:
@@ -307,14 +306,15 @@ class Trainer:
         if self.sink is not None:
             self.sink.put.remote({"phase": self.phase, **record})
 
-    def _batches(self, epoch: int, s: int, a: int) -> tuple[dict | None, dict | None]:
+    def _batches(self, epoch: int, s: int, a: int, w: tuple[float, float]) -> tuple[dict | None, dict | None]:
+        """This rank's micro-batch ``a`` of step ``s``: only the parts whose weight is not zero."""
         seed = self.job.seed
         sft = pref = None
-        if self.corpus.sft is not None:
+        if self.corpus.sft is not None and w[0] > 0:
             idx = D.micro_slice(D.global_batch(len(self.corpus.sft), self.G, seed, epoch, s), self.micro, a,
                                 self.rank, self.world)
             sft = D.sft_batch(self.corpus.sft, idx, self.pad)
-        if self.corpus.chosen is not None:
+        if self.corpus.chosen is not None and w[1] > 0:
             idx = D.micro_slice(D.global_batch(len(self.corpus.chosen), self.G, seed + 1, epoch, s), self.micro,
                                 a, self.rank, self.world)
             pref = D.preference_batch(self.corpus.chosen, self.corpus.rejected, idx, self.pad)
@@ -356,13 +356,14 @@ class Trainer:
     def _refresh_maxright(self, epoch: int, s: int) -> None:
         vals = [0.0, 0.0]
         for a in range(self.accum):
-            sft, pref = self._batches(epoch, s, a)
+            sft, pref = self._batches(epoch, s, a, (1.0, 1.0))
             _, st = self._losses(sft, pref, (1.0, 1.0), self.engine)
             vals[0] += st["sft_loss"] / self.accum
             vals[1] += st["dpo_loss"] / self.accum
         self.method.refresh(*_all_mean(vals, self.world))
 
     def _step(self, step: int) -> dict[str, Any]:
+        t0 = time.perf_counter()  # the step alone: evaluations and checkpoints happen outside
         epoch, s = divmod(step, self.spe)
         if isinstance(self.method, methods.Sequential) and epoch == self.method.sft_epochs and s == 0:
             self._switch_reference()
@@ -374,7 +375,7 @@ class Trainer:
             record["coin_by_rank"] = _gather_floats(w[1], self.world)
         sums: dict[str, float] = {}
         for a in range(self.accum):
-            sft, pref = self._batches(epoch, s, a)
+            sft, pref = self._batches(epoch, s, a, w)
             loss, stats = self._losses(sft, pref, w, self.engine)
             self.engine.backward(loss)
             self.engine.step()
@@ -386,11 +387,9 @@ class Trainer:
         self.method.observe(w, record.get("sft_loss"), record.get("dpo_loss"))
         if isinstance(self.method, methods.Maxright):
             record["gap_sft"], record["gap_dpo"] = self.method.gaps()
-        now = time.perf_counter()
-        record["step_s"] = now - self.last_t
+        record["step_s"] = time.perf_counter() - t0
         record["tokens_per_s"] = record["tokens"] / max(record["step_s"], 1e-9)
         record["lr"] = self.engine.get_lr()[0]
-        self.last_t = now
         return record
 
     def _switch_reference(self) -> None:
