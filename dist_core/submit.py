@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +14,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Never upload history, run outputs or environments with the working_dir.
 EXCLUDES = [".git", "runs", "bench/results", ".venv", "venv", "*.egg-info", "__pycache__", ".pytest_cache"]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+AGENT_WAIT_S = 60.0
 
 
 def _client(address: str):
@@ -44,11 +46,18 @@ def submit(job_file: str, overrides: list[str], address: str) -> str:
     runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": list(EXCLUDES)}
     runtime_env.update(job.cluster.runtime_env)
     client = _client(address)
-    return client.submit_job(
-        entrypoint=entrypoint(job_file, overrides),
-        runtime_env=runtime_env,
-        metadata={"dist_core_job": job.name, "kind": job.kind},
-    )
+    kwargs = dict(entrypoint=entrypoint(job_file, overrides), runtime_env=runtime_env,
+                  metadata={"dist_core_job": job.name, "kind": job.kind})
+    # A head that has just started answers 500 "No available agent" until its job agent registers
+    # (seconds; longer on a loaded machine), so retry that one answer for a while.
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _call(address: str, what: str, fn):
