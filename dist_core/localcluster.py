@@ -33,6 +33,8 @@ class LocalHead:
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dc-ray-")))
     port: int = field(default_factory=_free_port)
     dashboard_port: int = field(default_factory=_free_port)
+    # Not Ray's default 10001: a client server left behind by another head there blocks this head's job agent.
+    client_port: int = field(default_factory=_free_port)
 
     @property
     def token_path(self) -> Path:
@@ -62,6 +64,7 @@ class LocalHead:
             "--node-ip-address", "127.0.0.1", "--port", str(self.port),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
             "--temp-dir", str(self.temp_dir), "--num-cpus", str(self.num_cpus), "--disable-usage-stats",
+            "--ray-client-server-port", str(self.client_port),
         ]
         proc = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
@@ -73,8 +76,9 @@ class LocalHead:
         """Kill this head's processes (and their children); return how many were killed."""
         import psutil
 
-        mine = str(self.temp_dir)
-        roots = [p for p in psutil.process_iter(["cmdline"]) if any(mine in c for c in (p.info["cmdline"] or []))]
+        mine = (str(self.temp_dir), f"--port={self.client_port}")  # the client server names only its port
+        roots = [p for p in psutil.process_iter(["cmdline"])
+                 if any(m in c for c in (p.info["cmdline"] or []) for m in mine)]
         procs = {p.pid: p for p in roots}
         for p in roots:
             try:

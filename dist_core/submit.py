@@ -54,9 +54,10 @@ def submit(job_file: str, overrides: list[str], address: str) -> str:
     while True:
         try:
             return client.submit_job(**kwargs)
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
-                raise
+        except Exception as e:  # the SDK raises RuntimeError with the HTTP answer in its text
+            text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            if "No available agent" not in text or time.monotonic() > deadline:
+                raise ClusterError(f"submit to {address}: {text}") from None
             time.sleep(1.0)
 
 
