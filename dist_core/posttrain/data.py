@@ -178,7 +178,3 @@ def micro_slice(indices: np.ndarray, micro: int, accum: int, rank: int, world: i
     """Rank ``rank``'s ``accum``-th micro-batch: slot (accum·world + rank) of the global batch."""
     slot = accum * world + rank
     return indices[slot * micro:(slot + 1) * micro]
-
-
-def steps_per_epoch(n_rows: int, batch: int) -> int:
-    return n_rows // batch

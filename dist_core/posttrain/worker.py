@@ -140,7 +140,10 @@ class Trainer:
         self.corpus = _encode_split(self.tok, job)
         n_sft = len(self.corpus.sft) if self.corpus.sft is not None else 0
         n_pref = len(self.corpus.chosen) if self.corpus.chosen is not None else 0
-        self.spe = self._steps_per_epoch(n_sft, n_pref)
+        self.spe = job.batches_per_epoch(n_sft, n_pref)
+        if self.spe < 1:
+            raise ValueError(f"fewer rows ({min(n_sft, n_pref) if n_sft and n_pref else max(n_sft, n_pref)}) "
+                             f"than one global batch ({job.deepspeed.train_batch_size})")
         self.total = self.spe * job.epochs
         ds = job.deepspeed
         self.micro, self.accum = ds.train_micro_batch_size_per_gpu, ds.gradient_accumulation_steps
@@ -162,13 +165,6 @@ class Trainer:
         self.ref = self._train_reference()
 
     # ------------------------------------------------------------ set-up helpers
-    def _steps_per_epoch(self, n_sft: int, n_pref: int) -> int:
-        sizes = {"sft": [n_sft], "dpo": [n_pref]}.get(self.method_name, [n_sft, n_pref])
-        spe = min(sizes) // self.job.deepspeed.train_batch_size
-        if spe < 1:
-            raise ValueError(f"fewer rows ({min(sizes)}) than one global batch ({self.job.deepspeed.train_batch_size})")
-        return spe
-
     def _needs_ref_model(self) -> bool:
         if self.corpus.chosen is None:
             return False
