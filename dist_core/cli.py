@@ -66,10 +66,26 @@ def _api_address(arg: str | None) -> str:
 
 
 def _print_summary(summary: dict) -> None:
+    """The final metrics as an aligned table: nested results (per method, per α) become dotted rows."""
     print(f"{summary['name']}: {summary['status']} in {summary['wall_s']:.1f} s")
-    for key, value in summary.get("metrics", {}).items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"  {key:<28} {shown}")
+    if summary.get("trials_table"):
+        print(summary["trials_table"])
+    rows = list(_flat(summary.get("metrics", {})))
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def _flat(metrics: dict, prefix: str = ""):
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{key}", f"{value:.4g}"
+        elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+            yield f"{prefix}{key}", "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+        else:
+            yield f"{prefix}{key}", str(value)
 
 
 def _follow(job_id: str, address: str) -> int:

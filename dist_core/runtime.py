@@ -18,9 +18,15 @@ def quiet() -> None:
     """Keep Ray's start-up and worker chatter out of the terminal (it still goes to Ray's logs)."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Tune's newer console output prints its boxes whatever `verbose` says; the classic reporter
+    # honours verbose=0, and a sweep draws its own bar over trials.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # The driver's own log lines from Ray's internals are INFO; people want ours, not theirs.
     for name in ("ray", "ray.tune", "ray.train", "ray.data", "ray._private"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Notices for Ray's own users, not ours: kept out of the terminal (run.log still has ours).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)  # snapshot-time warnings
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray")
 
 
@@ -54,7 +60,10 @@ def connect(address: str | None = None, num_cpus: float | None = None, dashboard
             enable_token_auth()
             ray.init(address=address, **common)
         else:
+            # Always a new local cluster: a bare ray.init() joins whatever head the machine has.
+            # Token auth is Ray's default for it (its notice about that goes to run.log).
             ray.init(
+                address="local",
                 num_cpus=int(num_cpus) if num_cpus else None,
                 include_dashboard=dashboard,
                 dashboard_host="127.0.0.1",

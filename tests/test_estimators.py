@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from dist_core import spec
+from dist_core.bilevel import config as bilevel_config
 from dist_core.bilevel import BilevelProblem, estimators, hypergradient
 from dist_core.bilevel.tasks import quadratic
 
@@ -174,7 +174,7 @@ def test_unknown_option_lists_valid_options(quad):
         hypergradient(quad["problem"], quad["y_star"], quad["x"], None, None, method="implicit_cg", alpha=1.0)
 
 
-@pytest.mark.parametrize("model", [spec.ImplicitCG, spec.ImplicitNeumann, spec.Unrolled, spec.Penalty])
+@pytest.mark.parametrize("model", [bilevel_config.ImplicitCG, bilevel_config.ImplicitNeumann, bilevel_config.Unrolled, bilevel_config.Penalty])
 def test_job_schema_and_estimator_options_name_the_same_knobs(model):
     name = model.model_fields["name"].annotation.__args__[0]
     knobs = {f.name for f in dataclasses.fields(estimators.get(name).options)}

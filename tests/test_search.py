@@ -10,7 +10,7 @@ import pytest
 
 from dist_core import cli
 from dist_core.search.schedulers import make_scheduler, may_exploit
-from dist_core.spec import SchedulerSpec
+from dist_core.search.config import SchedulerSpec
 
 from helpers import kill_when
 
@@ -29,8 +29,8 @@ def sweep_dirs(out: Path) -> Path:
 
 def finished_trials(run_dir: Path) -> dict[str, float]:
     """Trial directory -> mtime of its metrics, for trials that wrote their own summary (finished)."""
-    return {s.parent.parent.name: (s.parent / "metrics.jsonl").stat().st_mtime_ns
-            for s in run_dir.glob("tune/run_trial_*/run/summary.json")}
+    return {s.parent.name: (s.parent / "metrics.jsonl").stat().st_mtime_ns
+            for s in run_dir.glob("trials/*/summary.json")}
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,10 @@ def test_six_trials_with_asha_and_nested_actors(sweep):
     rows = (run_dir / "trials.csv").read_text().splitlines()
     assert len(rows) == 7 and rows[0].startswith("trial,bilevel.lower.lr")
     # Every trial ran its learner on an actor of its own and reported every round.
-    for trial in run_dir.glob("tune/run_trial_*"):
-        metrics = [json.loads(line) for line in (trial / "run" / "metrics.jsonl").read_text().splitlines()]
+    trials = list(run_dir.glob("trials/*"))
+    assert len(trials) == 6
+    for trial in trials:
+        metrics = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
         assert [m["round"] for m in metrics] == list(range(1, len(metrics) + 1))
     assert "best val_loss" in proc.stdout
     for png in ("metric_by_trial.png", "best_trial.png"):
@@ -62,7 +64,7 @@ def test_six_trials_with_asha_and_nested_actors(sweep):
 def test_asha_stopped_some_trials_early(sweep):
     _, run_dir = sweep
     with open(run_dir / "trials.csv", newline="") as fh:
-        rounds = [int(row["rounds"]) for row in csv.DictReader(fh)]
+        rounds = [int(row["iterations"]) for row in csv.DictReader(fh)]
     assert max(rounds) == 20 and min(rounds) < 20
 
 
@@ -91,8 +93,8 @@ def test_cluster_too_small_fails_before_starting(tmp_path):
                            "--set", "resources.num_cpus=1", "--set", "search.trial_cpus=1", "--no-progress"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 1
-    assert ("one trial needs 1.98 CPUs (1 for the trial + 2 learners x 0.49) but the cluster has 1; "
-            "lower bilevel.lower.learners or resources.cpus_per_learner, or add CPUs") in proc.stderr
+    assert ("one trial needs 1.98 CPUs (the base job: bundles [1, 0.49, 0.49]) but the cluster has 1; "
+            "lower the job's workers or CPUs per actor, or add CPUs") in proc.stderr
 
 
 # ------------------------------------------------------------ PBT never copies a trial without a checkpoint
@@ -170,7 +172,7 @@ def test_bad_sweep_files(tmp_path, capsys, monkeypatch, text, expected):
 def test_searcher_suggests_points_of_the_space(name):
     from dist_core.search.searchers import make_searcher
     from dist_core.search.space import tune_space
-    from dist_core.spec import Distribution
+    from dist_core.search.config import Distribution
 
     space = tune_space({
         "bilevel.lower.lr": Distribution(type="loguniform", low=0.05, high=1.0),
@@ -192,7 +194,7 @@ def test_pbt_explores_categorical_and_integer_dimensions_validly():
     from ray.tune.schedulers.pbt import _explore
 
     from dist_core.search.space import tune_space
-    from dist_core.spec import Distribution
+    from dist_core.search.config import Distribution
 
     methods = [{"name": "penalty"}, {"name": "implicit_cg", "iters": 10}]
     spec_space = {

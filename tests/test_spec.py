@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dist_core import checkpoint, cli, spec
+from dist_core import checkpoint, cli, kinds, spec
 from dist_core.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ bilevel:
 # (name, file text, extra args, expected line after "FILE:")
 CASES = [
     ("unknown top-level key", GOOD + "epochs: 3\n", [],
-     "13: epochs: unknown field (valid: name, seed, cluster, resources, kind, bilevel)"),
+     "13: epochs: unknown field (valid: name, seed, cluster, resources, tracking, kind, bilevel)"),
     ("unknown nested key", GOOD.replace("    lr: 0.5", "    lrr: 0.5"), [],
      "6: bilevel.lower.lrr: unknown field (valid: learners, inner_steps, lr)"),
     ("negative learning rate", GOOD.replace("lr: 0.5", "lr: -0.1"), [],
@@ -53,9 +53,9 @@ CASES = [
     ("missing name", GOOD.replace("name: t\n", ""), [],
      "1: name: required field missing"),
     ("missing kind", GOOD.replace("kind: bilevel\n", ""), [],
-     f"1: kind: required field missing (valid kinds: {', '.join(spec.KINDS)})"),
+     f"1: kind: required field missing (valid kinds: {', '.join(kinds.names())})"),
     ("unknown kind", GOOD.replace("kind: bilevel", "kind: bilevle"), [],
-     f"1: kind: unknown kind 'bilevle' (valid: {', '.join(spec.KINDS)})"),
+     f"1: kind: unknown kind 'bilevle' (valid: {', '.join(kinds.names())})"),
     ("bad YAML", GOOD.replace("    gamma: 10.0", "    gamma: [10.0"), [],
      "12: yaml: invalid YAML: expected ',' or ']', but got ':'"),
     ("missing data file", GOOD + "  data:\n    path: nowhere.npz\n", [],

@@ -3,22 +3,38 @@
 Each epoch is one plan (the pipeline drains between epochs, so an asynchronous epoch of N
 micro-batches has density just under N/(N + S − 1)). Reports loss and accuracy against samples
 and against clock cycles (one cycle per stage-step), plus wall time.
+
+Resume is per epoch and exact. After every epoch the run saves a RunDir checkpoint (step
+``schedule index × epochs + epoch``): every stage's weights and biases (float64, as they are), the
+schedule's counters (samples, cycles, busy stage-steps, wall time), its last record, and the
+final metrics of the schedules already finished. Between epochs a stage has no other state: no
+micro-batch is in flight, a synchronous stage's gradient accumulators are zero after the flush of
+its last mini-batch (an epoch is whole mini-batches), and a device's only state is its per-weight
+constants, drawn from the job's seed (the expected-increment update draws no noise). The epoch
+orders are the seed's permutation stream, replayed for the epochs done. So ``resume`` starts the
+checkpoint's schedule again at its next epoch with fresh stage actors, skips finished schedules,
+drops the records past the checkpoint, and every record and final metric (wall-time ones aside)
+equals an uninterrupted run's bit for bit. The async schedule is deterministic on Ray too: an
+actor runs the calls of one caller in submission order, whatever order their inputs arrive in.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import checkpoint as ckpt_io
 from .. import plots
-from ..bilevel.job import JobResult
-from ..runs import RunDir
-from ..spec import AnalogPipelineJob
+from ..errors import RunError
+from ..runs import JobResult, Record, RunDir, RunHooks
+from .config import AnalogPipelineJob
 from . import devices
-from .pipeline import Stage, execute, split_layers
+from .pipeline import Layer, Stage, execute, split_layers
 from .pipeline_schedule import asynchronous, synchronous
 
 
@@ -43,56 +59,133 @@ def evaluate(weights: list[list[tuple[np.ndarray, np.ndarray]]], x: np.ndarray, 
     return float(F.cross_entropy(h, yt)), float((h.argmax(-1) == yt).double().mean())
 
 
-def run(job: AnalogPipelineJob, run_dir: RunDir, resume: bool = False, progress: bool = True) -> JobResult:
+@dataclass
+class Position:
+    """Where a run stands at an epoch boundary: what its checkpoint holds besides the weights."""
+
+    schedule: int = 0  # index into the job's schedules
+    epoch: int = 0  # epochs of that schedule done
+    samples: int = 0
+    cycles: int = 0
+    busy: float = 0.0  # useful stage-steps (density × stages × cycles, summed over epochs)
+    wall: float = 0.0
+    last: Record | None = None  # the schedule's last record
+    done: dict[str, dict[str, float]] = field(default_factory=dict)  # finished schedule -> its metrics
+
+    def step(self, epochs: int) -> int:
+        return self.schedule * epochs + self.epoch
+
+    def meta(self, epochs: int) -> dict[str, Any]:
+        return {"round": self.step(epochs), "schedule": self.schedule, "epoch": self.epoch, "samples": self.samples,
+                "cycles": self.cycles, "busy": self.busy, "wall": self.wall, "last": self.last, "done": self.done}
+
+
+def record_step(record: Record, schedules: list[str], epochs: int) -> int | None:
+    """A record's checkpoint step (``schedule index × epochs + epoch``); ``None`` for other records."""
+    if record.get("schedule") not in schedules or "epoch" not in record:
+        return None
+    return schedules.index(record["schedule"]) * epochs + int(record["epoch"])
+
+
+def _stage_tensors(weights: list[list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, np.ndarray]:
+    return {f"stage{i}/layer{j}/{name}": t for i, stage in enumerate(weights) for j, pair in enumerate(stage)
+            for name, t in zip(("weight", "bias"), pair)}
+
+
+def _restore(job: AnalogPipelineJob, run_dir: RunDir) -> tuple[Position, dict[str, np.ndarray]] | None:
+    path = run_dir.latest_checkpoint()
+    if path is None:
+        return None
+    tensors, meta = ckpt_io.load(path)
+    a = job.analog
+    if not (0 <= meta["schedule"] < len(a.schedules) and 0 < meta["epoch"] <= a.epochs):
+        raise RunError(f"{path} is schedule {meta['schedule']} epoch {meta['epoch']}, outside this job's "
+                       f"{len(a.schedules)} schedules × {a.epochs} epochs")
+    fields = {k: meta[k] for k in ("schedule", "epoch", "samples", "cycles", "busy", "wall", "last", "done")}
+    return Position(**fields), tensors
+
+
+def _layers(job: AnalogPipelineJob, tensors: dict[str, np.ndarray] | None) -> list[list[Layer]]:
+    """The stages' initial layers (from the seed), or a checkpoint's, checked against the job's shapes."""
+    a = job.analog
+    groups = split_layers([64, *a.hidden, 10], a.stages, seed=job.seed)
+    if tensors is None:
+        return groups
+    out = []
+    for i, group in enumerate(groups):
+        stage = []
+        for j, layer in enumerate(group):
+            w, b = (tensors.get(f"stage{i}/layer{j}/{name}") for name in ("weight", "bias"))
+            if w is None or b is None or w.shape != tuple(layer.weight.shape) or b.shape != tuple(layer.bias.shape):
+                raise RunError(f"the checkpoint's stage {i} layer {j} does not match this job's network "
+                               f"(hidden {a.hidden}, {a.stages} stages)")
+            stage.append(Layer(torch.from_numpy(w.copy()), torch.from_numpy(b.copy())))
+        out.append(stage)
+    return out
+
+
+def run(job: AnalogPipelineJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
     import ray
     from tqdm.auto import tqdm
 
     a = job.analog
+    remote = a.backend == "ray"
+    restored = _restore(job, run_dir) if resume else None
+    at, tensors = restored or (Position(), None)
+    if resume:  # keep the records up to the checkpoint (none without one); the rest are replayed
+        last = at.step(a.epochs) if restored else 0
+        run_dir.rewrite_metrics([r for r in run_dir.read_metrics()
+                                 if (s := record_step(r, a.schedules, a.epochs)) is None or s <= last])
     xtr, ytr, xte, yte = load_digits(job.seed)
-    sizes = [64, *a.hidden, 10]
     per_epoch = len(xtr) // (a.micro_batch * a.micro_batches) * a.micro_batches  # whole mini-batches
-    metrics, curves = {}, {}
-    for schedule in a.schedules:
+    done = dict(at.done)
+    for si, schedule in enumerate(a.schedules):
+        if schedule in done:
+            continue
+        pos = at if restored and at.schedule == si else Position(schedule=si, done=done)
         sync = schedule == "sync"
         device = devices.make(a.device.name, seed=job.seed, **a.device.params) if a.device else None
-        groups = split_layers(sizes, a.stages, seed=job.seed)
+        groups = _layers(job, tensors if pos is at else None)
         args = [(g, i == a.stages - 1, a.lr, sync, a.micro_batches, device) for i, g in enumerate(groups)]
-        if a.backend == "ray":
-            actor = ray.remote(num_cpus=0)(Stage)
-            stages = [actor.remote(*arg, threads=1) for arg in args]
-        else:
-            stages = [Stage(*arg) for arg in args]
+        stages = [ray.remote(num_cpus=0)(Stage).remote(*arg, threads=1) for arg in args] if remote \
+            else [Stage(*arg) for arg in args]
         rng = np.random.default_rng(job.seed)
-        samples = cycles = busy = 0
-        wall = 0.0
-        curve = []
-        for epoch in tqdm(range(a.epochs), desc=f"{schedule} epochs", disable=not progress, leave=False):
+        for _ in range(pos.epoch):  # the epochs done drew these orders
+            rng.permutation(len(xtr))
+        for epoch in tqdm(range(pos.epoch, a.epochs), desc=f"{schedule} epochs", disable=not hooks.progress,
+                          leave=False):
             order = rng.permutation(len(xtr))[: per_epoch * a.micro_batch]
             xs = [xtr[order[i : i + a.micro_batch]] for i in range(0, len(order), a.micro_batch)]
             ys = [ytr[order[i : i + a.micro_batch]] for i in range(0, len(order), a.micro_batch)]
             plan = synchronous(a.stages, a.micro_batches, len(xs) // a.micro_batches) if sync else asynchronous(a.stages, len(xs))
             t0 = time.perf_counter()
-            execute(plan, stages, xs, ys, remote=a.backend == "ray")
-            wall += time.perf_counter() - t0
-            samples += len(order)
-            cycles += plan.cycles
-            busy += plan.density * plan.stages * plan.cycles
-            weights = ray.get([s.weights.remote() for s in stages]) if a.backend == "ray" else [s.weights() for s in stages]
+            execute(plan, stages, xs, ys, remote=remote)
+            pos.wall += time.perf_counter() - t0
+            pos.samples += len(order)
+            pos.cycles += plan.cycles
+            pos.busy += plan.density * plan.stages * plan.cycles
+            weights = ray.get([s.weights.remote() for s in stages]) if remote else [s.weights() for s in stages]
             loss, acc = evaluate(weights, xte, yte)
-            record = {"schedule": schedule, "epoch": epoch + 1, "samples": samples, "cycles": cycles,
-                      "test_loss": loss, "test_acc": acc, "wall_s": wall}
-            run_dir.log_metrics(record)
-            curve.append(record)
-        if a.backend == "ray":
+            pos.last = {"schedule": schedule, "epoch": epoch + 1, "samples": pos.samples, "cycles": pos.cycles,
+                        "test_loss": loss, "test_acc": acc, "wall_s": pos.wall}
+            run_dir.log_metrics(pos.last)
+            pos.epoch = epoch + 1
+            if pos.epoch == a.epochs:
+                done[schedule] = {"test_acc": pos.last["test_acc"], "cycles": pos.cycles,
+                                  "density": pos.busy / (a.stages * pos.cycles),
+                                  "samples_per_s": pos.samples / pos.wall if pos.wall else 0.0}
+            pos.done = done
+            run_dir.save_checkpoint(pos.step(a.epochs), _stage_tensors(weights), pos.meta(a.epochs))
+        if remote:
             for s in stages:
                 ray.kill(s)
-        curves[schedule] = curve
-        metrics[f"{schedule}_test_acc"] = curve[-1]["test_acc"]
-        metrics[f"{schedule}_cycles"] = cycles
-        metrics[f"{schedule}_density"] = busy / (a.stages * cycles)
-        metrics[f"{schedule}_samples_per_s"] = samples / wall if wall else 0.0
+    metrics = {f"{schedule}_{k}": v for schedule in a.schedules for k, v in done[schedule].items()}
+    records = run_dir.read_metrics()
+    curves = {s: [r for r in records if r.get("schedule") == s and "epoch" in r] for s in a.schedules}
     for xkey, label in (("samples", "samples seen"), ("cycles", "clock cycles")):
         series = [(name, [r[xkey] for r in c], [r["test_loss"] for r in c]) for name, c in curves.items()]
         panels = [{"ylabel": "test loss", "xlabel": label, "series": series}]
         plots.curves(run_dir.plots / f"loss_vs_{xkey}.png", f"{job.name}: S={a.stages}", [], panels, markers=True)
-    return JobResult(metrics, None, {"stages": a.stages, "device": a.device.name if a.device else "digital"})
+    latest = run_dir.latest_checkpoint()
+    return JobResult(metrics, str(latest) if latest else None,
+                     {"stages": a.stages, "device": a.device.name if a.device else "digital"})

@@ -5,27 +5,55 @@ Writes one metrics record per (method, α) with the final error and its error cu
 with the final errors, and two PNGs: error against α (log-log) and error against step per method.
 Each method runs all α (and, for Tiki-Taka, all transfer scales) as rows of one tile, so the whole
 job is four simulations. No Ray: this is a single-process numerical experiment.
+
+Resume is per method: once a method's records are logged they are also written, whole, to
+``phases/<method>.json``; ``resume`` rebuilds ``metrics.jsonl`` from those files (dropping the
+records of a method that did not finish), skips those methods and runs the rest from their start.
+The simulations are deterministic (seeded generators, one thread), so the result equals an
+uninterrupted run's bit for bit.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
-from .. import plots
-from ..bilevel.job import JobResult
-from ..runs import RunDir
-from ..spec import AimcToyJob
+from .. import checkpoint, plots
+from ..runs import JobResult, Record, RunDir, RunHooks
+from .config import AimcToyJob
 from .toy import ToySettings, make_problem, simulate
+
+PHASES = "phases"  # <run dir>/phases/<method>.json: a finished method's records (runner.resumable looks here)
 
 
 def _label(method: str, scale: float | None) -> str:
     return method if scale is None else f"{method} (s={scale:g})"
 
 
-def run(job: AimcToyJob, run_dir: RunDir, resume: bool = False, progress: bool = True) -> JobResult:
+def _phase(run_dir: RunDir, method: str) -> Path:
+    return run_dir.path / PHASES / f"{method}.json"
+
+
+def _finished(run_dir: RunDir, methods: list[str]) -> dict[str, list[Record]]:
+    """The records of each method a previous attempt finished, in the job's method order."""
+    out = {}
+    for method in methods:
+        path = _phase(run_dir, method)
+        if path.exists():
+            out[method] = json.loads(path.read_text())["records"]
+    return out
+
+
+def run(job: AimcToyJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
     t = job.toy
-    if resume:  # no checkpoints (the whole job is seconds): rerun, dropping a partial run's records
-        run_dir.truncate_metrics(-1)
+    if resume:
+        finished = _finished(run_dir, t.methods)
+        run_dir.rewrite_metrics([r for records in finished.values() for r in records])
+    else:  # a fresh start (a retried sweep trial) must not pick up an earlier attempt's methods
+        finished = {}
+        shutil.rmtree(run_dir.path / PHASES, ignore_errors=True)
     problem = make_problem(t.d, t.n, job.seed)
     settings = ToySettings(steps=t.steps, sigma=t.sigma, tau=t.tau, dw_min=t.dw_min, tau_fast=t.tau_fast,
                            gamma=t.gamma, curve_points=t.curve_points)
@@ -33,16 +61,25 @@ def run(job: AimcToyJob, run_dir: RunDir, resume: bool = False, progress: bool =
     final: dict[str, dict[str, float]] = {}
     curves: dict[str, dict[float, list[float]]] = {}
     for method in t.methods:
-        scales: list[float | None] = list(t.transfer_scales) if method.startswith("tiki_taka") else [None]
-        rows = [(alpha, scale) for scale in scales for alpha in t.alphas]
-        transfer = [alpha * (scale or 1.0) for alpha, scale in rows]
-        errors, curve = simulate(problem, method, [a for a, _ in rows], settings, seed=job.seed + 1, transfer_lrs=transfer)
-        for (alpha, scale), err, points in zip(rows, errors, curve):
-            label = _label(method, scale)
-            final.setdefault(label, {})[f"{alpha:g}"] = err
-            curves.setdefault(label, {})[alpha] = points
-            run_dir.log_metrics({"method": method, "transfer_scale": scale, "alpha": alpha, "final_error": err,
-                                 "steps": [block * (i + 1) for i in range(len(points))], "error": points})
+        records = finished.get(method)
+        if records is None:
+            records = []
+            scales: list[float | None] = list(t.transfer_scales) if method.startswith("tiki_taka") else [None]
+            rows = [(alpha, scale) for scale in scales for alpha in t.alphas]
+            transfer = [alpha * (scale or 1.0) for alpha, scale in rows]
+            errors, curve = simulate(problem, method, [a for a, _ in rows], settings, seed=job.seed + 1,
+                                     transfer_lrs=transfer)
+            for (alpha, scale), err, points in zip(rows, errors, curve):
+                record = {"method": method, "transfer_scale": scale, "alpha": alpha, "final_error": err,
+                          "steps": [block * (i + 1) for i in range(len(points))], "error": points}
+                run_dir.log_metrics(record)
+                records.append(record)
+            _phase(run_dir, method).parent.mkdir(exist_ok=True)
+            checkpoint.write_json_atomic(_phase(run_dir, method), {"method": method, "records": records})
+        for r in records:
+            label = _label(r["method"], r["transfer_scale"])
+            final.setdefault(label, {})[f"{r['alpha']:g}"] = r["final_error"]
+            curves.setdefault(label, {})[r["alpha"]] = r["error"]
     _plot(run_dir, job.name, final, curves, block)
     return JobResult({"final_error": final, **_claims(final, t.alphas)}, None,
                      {"alphas": list(t.alphas), "steps": t.steps, "sigma": t.sigma, "tau": t.tau})

@@ -11,22 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ActorFailure, LearnerError  # noqa: F401  (raised here; the hierarchy lives in the core)
 from . import tree
 from .learners import Arrays, LowerLearner, UpperLearner
 from .problem import BilevelProblem
 from .step import LowerConfig
-
-
-class ActorFailure(RuntimeError):
-    """An actor process died (recoverable by restoring from a checkpoint)."""
-
-
-class LearnerError(RuntimeError):
-    """User or library code raised inside a learner (not recoverable); carries the traceback."""
-
-    def __init__(self, message: str, traceback_text: str):
-        super().__init__(message)
-        self.traceback_text = traceback_text
 
 
 @dataclass

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import plots
-from ..runs import RunDir
-from ..spec import BilevelJob
+from ..runs import JobResult, RunDir, RunHooks
+from .config import BilevelJob
 from .executors import Snapshot
 from .solve import solve
 from .step import LowerState, train_lower_only
@@ -20,43 +18,20 @@ from .tasks import hyper_cleaning as hc
 log = logging.getLogger("dist_core.bilevel")
 
 
-class RunHooks:
-    """Extra observers of a run (no-ops here; a sweep trial reports to Tune)."""
-
-    def on_round(self, round_idx: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def on_checkpoint(self, round_idx: int, path: Path) -> None:
-        pass
-
-
-@dataclass
-class JobResult:
-    metrics: dict[str, Any]
-    checkpoint: str | None
-    extra: dict[str, Any]
-
-
 def steps_per_round(job: BilevelJob) -> int:
     """Lower-level gradient steps per round (unrolled steps train θ too): the baseline's budget."""
     b = job.bilevel
     return b.lower.inner_steps + (b.method.steps if b.method.name == "unrolled" else 0)
 
 
-def run(
-    job: BilevelJob,
-    run_dir: RunDir,
-    resume: bool = False,
-    progress: bool = True,
-    resume_from: Snapshot | None = None,
-    hooks: "RunHooks | None" = None,
-) -> JobResult:
+def run(job: BilevelJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False,
+        resume_from: Snapshot | None = None) -> JobResult:
     """Run a bilevel job into ``run_dir``.
 
-    ``resume`` continues from the run directory's latest checkpoint; ``resume_from`` from a given
-    snapshot (Tune hands one over when it restores or exploits a trial). ``hooks`` see every round
-    and checkpoint as well (a sweep reports them to Tune).
+    ``resume`` continues from the run directory's latest checkpoint (where Tune also places the
+    checkpoint of a trial it restores or exploits); ``resume_from`` from a given snapshot.
     """
+    progress = hooks.progress
     b = job.bilevel
     k = b.lower.learners
     path = str(b.data.path) if b.data.path is not None else None
@@ -84,14 +59,9 @@ def run(
 
     def on_round(round_idx: int, metrics: dict[str, float]) -> None:
         run_dir.log_metrics({k: v for k, v in metrics.items() if k != "compute_s"})
-        if hooks is not None:
-            hooks.on_round(round_idx, metrics)
 
     def on_checkpoint(snap: Snapshot) -> None:
-        flat, meta = snap.to_flat()
-        path = run_dir.save_checkpoint(snap.round, flat, meta)
-        if hooks is not None:
-            hooks.on_checkpoint(snap.round, path)
+        run_dir.save_checkpoint(snap.round, *snap.to_flat())
 
     result = solve(
         problem, thetas, lam0, shards, upper_batch,

@@ -18,6 +18,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..errors import TransitionError  # (raised here; the hierarchy lives in the core)
+
 
 class Phase(enum.Enum):
     BROADCAST = "broadcast"
@@ -36,10 +38,6 @@ class Event(enum.Enum):
     CHECKPOINTED = "checkpointed"
     ACTOR_DIED = "actor_died"
     RECOVERED = "recovered"
-
-
-class TransitionError(RuntimeError):
-    pass
 
 
 @dataclass

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ..errors import BilevelRunError  # noqa: F401  (raised here; the hierarchy lives in the core)
 from . import estimators, tree
 from .executors import ActorFailure, LearnerSetup, LocalExecutor, RayExecutor, Snapshot
 from .learners import to_params
@@ -14,10 +15,6 @@ from .rounds import Event, Phase, RoundMachine
 from .step import LowerConfig
 
 RoundCallback = Callable[[int, dict[str, float]], None]
-
-
-class BilevelRunError(RuntimeError):
-    pass
 
 
 @dataclass

@@ -9,15 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, DirectoryPath, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import SpecError
-from ..specbase import JobBase, Strict
-from .data import load_checked
+from ..kinds import SweepHooks
+from ..specbase import JobBase, JobDir, JobPath, Strict
+from .rows import load_checked
 
 
 class ModelSource(Strict):
-    path: DirectoryPath | None = Field(None, description="a local Hugging Face model directory")
+    path: JobDir | None = Field(None, description="a local Hugging Face model directory")
     config: dict[str, Any] | None = Field(
         None, description="build a tiny model from this config (model_type, hidden_size, ...); it is saved "
                           "and then loaded with from_pretrained, the same path as a real model")
@@ -32,12 +33,12 @@ class ModelSource(Strict):
 
 
 class TokenizerSource(Strict):
-    path: DirectoryPath = Field(description="a local directory AutoTokenizer.from_pretrained loads")
+    path: JobDir = Field(description="a local directory AutoTokenizer.from_pretrained loads")
 
 
 class Split(Strict):
-    train: Path = Field(description="JSONL, Parquet, or a datasets save_to_disk directory")
-    eval: Path | None = Field(None, description="held-out rows for the (f_SFT, f_DPO) plane; default: train")
+    train: JobPath = Field(description="JSONL, Parquet, or a datasets save_to_disk directory")
+    eval: JobPath | None = Field(None, description="held-out rows for the (f_SFT, f_DPO) plane; default: train")
 
     @model_validator(mode="after")
     def _exist(self) -> "Split":
@@ -56,16 +57,17 @@ class DataSection(Strict):
 
 
 class OptimSection(Strict):
-    lr: float = Field(1e-3, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.0, ge=0.0)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant",
+                                                              description="learning-rate schedule after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear learning-rate warm-up")
 
 
 class Offload(Strict):
-    device: Literal["none", "cpu"] = "none"
-    pin_memory: bool = False
+    device: Literal["none", "cpu"] = Field("none", description="cpu: ZeRO offload to host memory")
+    pin_memory: bool = Field(False, description="pinned host buffers for the offload")
 
 
 class ZeroSection(BaseModel):
@@ -78,19 +80,20 @@ class ZeroSection(BaseModel):
 
 
 class Enabled(Strict):
-    enabled: bool = False
+    enabled: bool = Field(False, description="DeepSpeed bf16 mixed precision (untested)")
 
 
 class DeepSpeedSection(Strict):
     """A DeepSpeed config, in DeepSpeed's own key names; passed to ``deepspeed.initialize``."""
 
     train_batch_size: int = Field(16, ge=1, description="global batch = micro × accumulation × workers")
-    train_micro_batch_size_per_gpu: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    gradient_clipping: float = Field(1.0, ge=0.0)
+    train_micro_batch_size_per_gpu: int = Field(8, ge=1,
+                                                description="micro-batch per rank (DeepSpeed's name; a CPU rank here)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    gradient_clipping: float = Field(1.0, ge=0.0, description="clip the global gradient norm to this; 0: no clipping")
     zero_optimization: ZeroSection = Field(default_factory=ZeroSection)
     bf16: Enabled = Field(default_factory=Enabled)
-    steps_per_print: int = Field(10**9, ge=1, description="DeepSpeed's own logging (off: we log)")
+    steps_per_print: int = Field(10**9, ge=1, description="DeepSpeed's own logging (off: dist_core logs the steps)")
 
     def as_dict(self) -> dict[str, Any]:
         cfg = self.model_dump(mode="json", exclude_none=True)
@@ -108,11 +111,12 @@ class PosttrainJob(JobBase):
     model: ModelSource
     tokenizer: TokenizerSource
     data: DataSection
-    method: Literal["sft", "dpo", "sequential", "mix", "alright", "maxright"] = "alright"
+    method: Literal["sft", "dpo", "sequential", "mix", "alright", "maxright"] = Field(
+        "alright", description="sft, dpo: one objective; sequential, mix, alright, maxright: both, balanced by lam")
     lam: float = Field(0.5, ge=0.0, le=1.0, description="the DPO weight λ: min (1-λ)·f_SFT + λ·f_DPO")
-    beta: float = Field(0.1, gt=0.0)
+    beta: float = Field(0.1, gt=0.0, description="DPO's β")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="cDPO's ε")
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(2, ge=1, description="epochs of the method's run (estimate_optima's runs have as many)")
     sft_epochs: int | None = Field(None, ge=1, description="sequential: SFT epochs (default ≈ (1-λ)·epochs)")
     max_eval_steps: int = Field(10, ge=1, description="maxright: steps between re-evaluating both losses")
     optima: Optima | None = Field(None, description="(f*_SFT, f*_DPO); unknown: 0, or estimate_optima")
@@ -121,7 +125,7 @@ class PosttrainJob(JobBase):
     optim: OptimSection = Field(default_factory=OptimSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     workers: int = Field(2, ge=1, description="Ray Train workers (one DeepSpeed rank each)")
-    cpus_per_worker: float = Field(1.0, gt=0.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs each Ray Train worker reserves")
     eval_every: int = Field(10, ge=1, description="steps between (f_SFT, f_DPO) evaluations")
     checkpoint_every: int = Field(20, ge=0, description="steps between Ray Train checkpoints; 0: none")
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
@@ -152,3 +156,25 @@ class PosttrainJob(JobBase):
         """Steps per epoch: joint methods walk both data sets side by side (equal lengths in the paper)."""
         sizes = {"sft": [n_sft], "dpo": [n_pref]}.get(self.method, [n_sft, n_pref])
         return min(sizes) // self.deepspeed.train_batch_size
+
+
+def total_steps(job: PosttrainJob) -> int:
+    """Optimizer steps of one phase, from the row counts (what the workers will compute)."""
+    from .rows import read_rows
+
+    sizes = {name: len(read_rows(split.train)) if split is not None else 0
+             for name, split in (("sft", job.data.sft), ("pref", job.data.preference))}
+    return job.batches_per_epoch(sizes["sft"], sizes["pref"]) * job.epochs
+
+
+def _eval_reports(job: PosttrainJob) -> int:
+    """Evaluations of the main phase (step 0, every eval_every steps, the last step): Tune's max_t."""
+    return 2 + total_steps(job) // job.eval_every
+
+
+# Ray Train places its workers in a placement group of its own, outside the trial's: the trial
+# reserves only its driver, and the sweep counts the workers' CPUs when it sizes concurrency.
+SWEEP = SweepHooks(bundles=lambda job, trial_cpus: [{"CPU": trial_cpus}], iterations=_eval_reports,
+                   is_report=lambda r: r.get("phase") == "main" and "f_sft" in r and "event" not in r,
+                   plot="dist_core.posttrain.job:plot_pareto",
+                   outside=lambda job: job.workers * job.cpus_per_worker)

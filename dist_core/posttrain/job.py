@@ -22,11 +22,10 @@ from typing import Any
 
 import ray
 
-from ..bilevel.job import JobResult
 from ..checkpoint import write_json_atomic
 from ..errors import RunError
-from ..runs import RunDir
-from .config import PosttrainJob
+from ..runs import JobResult, RunDir, RunHooks, last_of_each
+from .config import PosttrainJob, total_steps
 
 log = logging.getLogger("dist_core")
 
@@ -115,7 +114,7 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tu
 
     thread = threading.Thread(target=target, name=f"fit-{phase}", daemon=True)
     thread.start()
-    bar = tqdm(desc=f"{job.name} {phase} ({method})", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total_steps(job), desc=f"{phase} ({method})", unit="step", disable=not progress, leave=False)
     while thread.is_alive():
         thread.join(timeout=1.0)
         for record in ray.get(sink.drain.remote()):
@@ -168,15 +167,8 @@ def _phase(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: 
 
 def dedupe_metrics(run_dir: RunDir) -> list[dict[str, Any]]:
     """Keep the last record of each (phase, step): a restarted worker group replays steps."""
-    records = run_dir.read_metrics()
-    last: dict[tuple, int] = {}
-    for i, r in enumerate(records):
-        if "event" not in r:
-            last[(r.get("phase"), r.get("step"))] = i
-    kept = [r for i, r in enumerate(records) if "event" in r or last.get((r.get("phase"), r.get("step"))) == i]
-    tmp = run_dir.metrics_file.with_name(".metrics.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, run_dir.metrics_file)
+    kept = last_of_each(run_dir.read_metrics(), lambda r: None if "event" in r else (r.get("phase"), r.get("step")))
+    run_dir.rewrite_metrics(kept)
     return kept
 
 
@@ -224,7 +216,8 @@ def losses_png(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
-def run(job: PosttrainJob, run_dir: RunDir, resume: bool = False, progress: bool = True) -> JobResult:
+def run(job: PosttrainJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
+    progress = hooks.progress
     job = absolute(job)
     model_dir = job.model.path or build_model_dir(job.model.config, job.tokenizer.path, run_dir.path / "init_model",
                                                   job.seed)
@@ -246,7 +239,8 @@ def run(job: PosttrainJob, run_dir: RunDir, resume: bool = False, progress: bool
 def summarize(final: dict[str, Any], optima: tuple[float, float] | None,
               records: list[dict[str, Any]]) -> dict[str, Any]:
     """Final losses, the gaps to (f*_SFT, f*_DPO) and the ideal distance, and throughput."""
-    out = {k: final[k] for k in ("f_sft", "f_dpo", "eval_reward_acc", "steps", "wall_s", "peak_rss_mb_by_rank")
+    # The phase's own wall_s stays in phases/*.json: the run reports one wall time, the runner's.
+    out = {k: final[k] for k in ("f_sft", "f_dpo", "eval_reward_acc", "steps", "peak_rss_mb_by_rank")
            if k in final}
     rates = [r["tokens_per_s"] for r in records if r.get("phase") == "main" and "tokens_per_s" in r]
     if rates:
@@ -256,3 +250,40 @@ def summarize(final: dict[str, Any], optima: tuple[float, float] | None,
         out["gap_dpo"] = out["f_dpo"] - optima[1]
         out["ideal_distance"] = math.hypot(out["gap_sft"], out["gap_dpo"])
     return out
+
+
+def plot_pareto(run_dir: RunDir, rows: list[dict[str, Any]], sweep: Any) -> Path | None:
+    """A λ sweep's trade-off: every trial's final (f_SFT, f_DPO), the single-objective ends and the
+    ideal point (the best f_SFT and the best f_DPO any trial reached), in ``plots/pareto.png``."""
+    from ..plots import _plt
+
+    points = [(r["final"]["f_sft"], r["final"]["f_dpo"], r.get("lam", r["final"].get("lam")))
+              for r in rows if {"f_sft", "f_dpo"} <= set(r.get("final", {}))]
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.4, 4.4))
+    points.sort(key=lambda p: (p[2] is None, p[2]))
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    ax.plot(xs, ys, "-", color="tab:blue", alpha=0.4)
+    ax.plot(xs, ys, "o", color="tab:blue", label="trials (final)")
+    for x, y, lam in points:
+        if lam is not None:
+            ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ends = {0.0: ("SFT only (λ=0)", "tab:gray"), 1.0: ("DPO only (λ=1)", "tab:olive")}
+    for x, y, lam in points:
+        if lam in ends:
+            label, colour = ends[lam]
+            ax.plot([x], [y], "s", ms=9, color=colour, label=label)
+    ax.plot([min(xs)], [min(ys)], "*", ms=14, color="tab:red", label="ideal (best f_SFT, best f_DPO)")
+    ax.set_xscale("log")
+    ax.set_xlabel("f_SFT (eval, log scale)")
+    ax.set_ylabel("f_DPO (eval)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{sweep.name}: trade-off over λ")
+    fig.tight_layout()
+    path = run_dir.plots / "pareto.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

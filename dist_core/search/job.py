@@ -1,62 +1,138 @@
-"""``kind: sweep``: Ray Tune over a base job; a table, a CSV, a summary and plots at the end."""
+"""``kind: sweep``: Ray Tune over a base job of any kind; a table, a CSV, a summary and plots.
+
+What a trial costs, how often it reports and whether it can be restored come from the base kind's
+``SweepHooks`` (``kinds.py``); this module knows no kind.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
 
-from .. import plots, spec
-from ..bilevel.job import JobResult
+from .. import kinds, plots, spec
 from ..errors import RunError
-from ..runs import RunDir
+from ..runs import JobResult, RunDir, RunHooks
+from ..specbase import JobBase
+from .config import SweepJob
 from .schedulers import make_scheduler
 from .searchers import make_searcher
-from .space import max_value, tune_space
-from .trainable import run_trial, trial_bundles
+from .space import tune_space
+from .trainable import TRIALS, run_trial, trial_bundles, trial_job
 
 log = logging.getLogger("dist_core.search")
 EXPERIMENT = "tune"
 
 
-def check_capacity(job: spec.SweepJob, base: spec.BilevelJob) -> None:
-    """Fail before starting when not even one trial fits, with the numbers."""
+def trial_cpus(job: JobBase, trial_cpus: float) -> float:
+    """CPUs one trial holds: its bundles plus what its job reserves outside them (Ray Train's workers)."""
+    hooks = kinds.sweep_hooks(job.kind)
+    outside = hooks.outside(job) if hooks.outside else 0.0
+    return sum(b.get("CPU", 0.0) for b in hooks.bundles(job, trial_cpus)) + outside
+
+
+def worst_trial(job: SweepJob, base: JobBase) -> tuple[float, str]:
+    """The most CPUs any single searched value makes a trial hold, and which value that is."""
+    fixed = job.fixed_overrides()
+    worst, why = trial_cpus(base, job.search.trial_cpus), "the base job"
+    for key, dist in job.search.space.items():
+        for value in dist.representatives():
+            need = trial_cpus(spec.load(job.base, fixed + [f"{key}={spec.yaml_value(value)}"]), job.search.trial_cpus)
+            if need > worst:
+                worst, why = need, f"{key}={value}"
+    return worst, why
+
+
+def check_capacity(job: SweepJob, base: JobBase) -> int:
+    """Fail before starting when not even one trial fits, with the numbers; else the trials that fit at once."""
     import ray
 
-    learners = int(max_value(job.search.space, "bilevel.lower.learners", base.bilevel.lower.learners))
-    per = max_value(job.search.space, "resources.cpus_per_learner", base.resources.cpus_per_learner)
-    worst = base.model_copy(deep=True)
-    worst.bilevel.lower.learners, worst.resources.cpus_per_learner = learners, per
-    need = sum(b["CPU"] for b in trial_bundles(worst, job.search.trial_cpus))
+    need, why = worst_trial(job, base)
     have = ray.cluster_resources().get("CPU", 0.0)
-    if need > have:
-        raise RunError(
-            f"one trial needs {need:g} CPUs ({job.search.trial_cpus:g} for the trial + {learners} learners x {per:g}) "
-            f"but the cluster has {have:g}; lower bilevel.lower.learners or resources.cpus_per_learner, or add CPUs"
-        )
+    if need > have + 1e-9:
+        cpus = ", ".join(f"{b.get('CPU', 0):g}" for b in trial_bundles(base, job.search.trial_cpus))
+        raise RunError(f"one trial needs {need:g} CPUs ({why}: bundles [{cpus}]"
+                       f"{' plus its Train workers' if kinds.sweep_hooks(base.kind).outside else ''}) but the cluster "
+                       f"has {have:g}; lower the job's workers or CPUs per actor, or add CPUs")
+    return max(1, int(math.floor(have / need + 1e-9)))
 
 
-def run(job: spec.SweepJob, run_dir: RunDir, resume: bool = False, progress: bool = True) -> JobResult:
+class TrialProgress:
+    """A Tune callback: one progress bar over trials instead of Tune's status tables."""
+
+    def __init__(self, total: int, enabled: bool):
+        from ray.tune import Callback
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="trials", unit="trial", disable=not enabled, leave=False)
+
+        class _Callback(Callback):
+            def on_trial_complete(cb, iteration, trials, trial, **info):  # noqa: N805 (Ray's signature)
+                self.bar.update(1)
+
+            def on_trial_error(cb, iteration, trials, trial, **info):  # noqa: N805
+                self.bar.update(1)
+
+        self.callback = _Callback()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _tracking_callbacks(job: SweepJob, run_dir: RunDir) -> list[Any]:
+    """Ray Tune's own TensorBoard and MLflow logger callbacks, for every trial."""
+    from .. import tracking
+
+    t = job.tracking
+    out: list[Any] = []
+    if t.tensorboard:  # event files in each trial's Tune directory, tune/<trial>/events.out.tfevents.*
+        tracking.require("tensorboard")
+        from ray.tune.logger import TBXLoggerCallback
+
+        out.append(TBXLoggerCallback())
+    if t.mlflow is not None:  # one MLflow run per trial, named after it, its config as params
+        tracking.require("mlflow")
+        from mlflow.tracking import MlflowClient
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        uri, name = tracking.mlflow_uri(t.mlflow, run_dir), t.mlflow.experiment or job.name
+        # Created here so its artefacts sit beside a SQLite store, not in the working directory.
+        tracking.ensure_experiment(MlflowClient(tracking_uri=uri), name, uri)
+        out.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=name, save_artifact=False))
+    return out
+
+
+def run(job: SweepJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
     from ray import tune
 
     s = job.search
     fixed = job.fixed_overrides()
     base = spec.load(job.base, fixed)
+    kind_hooks = kinds.sweep_hooks(base.kind)
     base_path = str(Path(job.base).resolve())  # trials run in their own directories
-    check_capacity(job, base)
+    fits = check_capacity(job, base)
+    concurrent = min(s.max_concurrent, fits) if kind_hooks.outside else s.max_concurrent
+    if concurrent < s.max_concurrent:
+        log.info("running %d trials at once (not %d): each holds %g CPUs", concurrent, s.max_concurrent,
+                 trial_cpus(base, s.trial_cpus))
 
     def resources(config: dict[str, Any]):
         from ray.tune import PlacementGroupFactory
 
-        from .trainable import trial_job
-
         return PlacementGroupFactory(trial_bundles(trial_job(base_path, fixed, config), s.trial_cpus))
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base_path, fixed=fixed), resources)
     storage = run_dir.path.resolve()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base_path, fixed=fixed, storage=str(storage),
+                             kind=kinds.get(base.kind)), resources)
     experiment = storage / EXPERIMENT
+    grid_size = math.prod(len(d.values) for d in s.space.values() if d.type == "grid")
+    progress = TrialProgress(s.num_samples * grid_size, hooks.progress)
+    callbacks = [progress.callback, *_tracking_callbacks(job, run_dir)]
     if resume and tune.Tuner.can_restore(str(experiment)):
         log.info("restoring the sweep from %s", experiment)
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -67,39 +143,44 @@ def run(job: spec.SweepJob, run_dir: RunDir, resume: bool = False, progress: boo
             param_space=space,
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, num_samples=s.num_samples,
-                search_alg=make_searcher(s.searcher, s.max_concurrent, s.seed if s.seed is not None else job.seed),
-                scheduler=make_scheduler(s.scheduler, space, max_t=base.bilevel.rounds,
+                search_alg=make_searcher(s.searcher, concurrent, s.seed if s.seed is not None else job.seed),
+                scheduler=make_scheduler(s.scheduler, space, max_t=kind_hooks.iterations(base),
                                          values={k: d.values for k, d in s.space.items() if d.values is not None}),
-                max_concurrent_trials=s.max_concurrent,
-                # Off, although reuse cuts Tune's per-trial overhead on 1-second trials from 208% to
-                # 12% (bench/tune.py): in Ray 2.60 a reused function-trainable actor did not write
-                # its later trials into their own directories (seen: 2 of 4 trials had no run/).
-                reuse_actors=False,
+                # Concurrency is the searcher's (BasicVariantGenerator's own limit, or a
+                # ConcurrencyLimiter): Tune ignores max_concurrent_trials beside a search algorithm.
+                # Reused actors are safe here: trials write to paths computed from the storage path
+                # and the trial id, never to get_trial_dir() or the working directory.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=str(storage), verbose=1 if progress else 0,
+                name=EXPERIMENT, storage_path=str(storage), verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=s.max_failures),
                 # PBT copies other trials' checkpoints: keep a few more than the newest two.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if s.scheduler.name == "pbt" else 2),
             ),
         )
-    grid = tuner.fit()
-    rows = trial_rows(grid, s.metric, s.mode, list(s.space))
+    try:
+        grid = tuner.fit()
+    finally:
+        progress.close()
+    rows = trial_rows(grid, s.metric, s.mode, list(s.space), storage)
     if not rows:
         raise RunError("the sweep produced no trial results")
     write_csv(run_dir.path / "trials.csv", rows)
-    print_table(rows, s.metric)
     best = _best(rows, s.mode)
     plot_sweep(run_dir, job, rows, grid, best)
+    if kind_hooks.plot:
+        kinds.resolve(kind_hooks.plot)(run_dir, rows, job)
     errors = sum(r["status"] == "ERROR" for r in rows)
     metrics = {f"best_{s.metric}": best["metric"], "trials": len(rows), "errored": errors,
-               "rounds_total": sum(r["rounds"] for r in rows)}
+               "iterations_total": sum(r["iterations"] for r in rows)}
     return JobResult(metrics, best.get("checkpoint"),
                      {"best_config": {k: best[k] for k in s.space}, "best_trial": best["trial"],
-                      "table": str(run_dir.path / "trials.csv")})
+                      "base_kind": base.kind, "table": str(run_dir.path / "trials.csv"),
+                      "trials_table": format_table(rows, s.metric)})
 
 
-def trial_rows(grid: Any, metric: str, mode: str, keys: list[str]) -> list[dict[str, Any]]:
+def trial_rows(grid: Any, metric: str, mode: str, keys: list[str], storage: Path) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
         df = result.metrics_dataframe
@@ -108,12 +189,14 @@ def trial_rows(grid: Any, metric: str, mode: str, keys: list[str]) -> list[dict[
         # From the trial's own directory: after a PBT exploit, its metrics carry the source's id.
         match = re.search(r"_([0-9a-f]+_\d{5})", Path(result.path).name)
         trial = match.group(1) if match else Path(result.path).name
+        summary_file = storage / TRIALS / trial / "summary.json"
+        final = json.loads(summary_file.read_text()).get("metrics", {}) if summary_file.exists() else {}
         rows.append({
             "trial": trial, **{k: result.config.get(k) for k in keys},
-            "metric": best, "last": series[-1] if series else float("nan"), "rounds": len(series),
+            "metric": best, "last": series[-1] if series else float("nan"), "iterations": len(series),
             "status": "ERROR" if result.error else "TERMINATED",
             "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            "path": result.path,
+            "path": str(storage / TRIALS / trial), "final": final,
         })
     return sorted(rows, key=lambda r: r["trial"])
 
@@ -124,20 +207,21 @@ def _best(rows: list[dict], mode: str) -> dict:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    cols = [c for c in rows[0] if c not in ("path",)]
+    cols = [c for c in rows[0] if c not in ("path", "final")]
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
 
-def print_table(rows: list[dict], metric: str) -> None:
-    keys = [k for k in rows[0] if k not in ("trial", "metric", "last", "rounds", "status", "checkpoint", "path")]
-    head = ["trial", *[k.split(".")[-1] for k in keys], f"best {metric}", "rounds", "status"]
-    body = [[r["trial"], *[_fmt(r[k]) for k in keys], _fmt(r["metric"]), str(r["rounds"]), r["status"]] for r in rows]
+def format_table(rows: list[dict], metric: str) -> str:
+    keys = [k for k in rows[0] if k not in ("trial", "metric", "last", "iterations", "status", "checkpoint", "path",
+                                            "final")]
+    head = ["trial", *[k.split(".")[-1] for k in keys], f"best {metric}", "iterations", "status"]
+    body = [[r["trial"], *[_fmt(r[k]) for k in keys], _fmt(r["metric"]), str(r["iterations"]), r["status"]]
+            for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    for line in [head, *body]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *body])
 
 
 def _fmt(v: Any) -> str:
@@ -148,7 +232,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def plot_sweep(run_dir: RunDir, job: spec.SweepJob, rows: list[dict], grid: Any, best: dict) -> None:
+def plot_sweep(run_dir: RunDir, job: SweepJob, rows: list[dict], grid: Any, best: dict) -> None:
     metric = job.search.metric
     order = list(range(1, len(rows) + 1))
     plots.curves(run_dir.plots / "metric_by_trial.png", f"{job.name}: best {metric} per trial", order,
@@ -156,7 +240,8 @@ def plot_sweep(run_dir: RunDir, job: spec.SweepJob, rows: list[dict], grid: Any,
                  markers=True)
     for result in grid:
         df = result.metrics_dataframe
-        if result.path == best["path"] and df is not None and metric in df and "training_iteration" in df:
+        if Path(result.path).name.find(best["trial"]) >= 0 and df is not None and metric in df \
+                and "training_iteration" in df:
             plots.curves(run_dir.plots / "best_trial.png", f"{job.name}: best trial {best['trial']}",
                          df["training_iteration"].tolist(),
                          [{"ylabel": metric, "series": [(metric, df[metric].tolist())]}])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..spec import SchedulerSpec
+from .config import SchedulerSpec
 
 log = logging.getLogger("dist_core.search")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import Distribution
+from .config import Distribution
 
 
 def tune_space(space: dict[str, Distribution]) -> dict[str, Any]:

@@ -1,75 +1,127 @@
-"""One sweep trial: the base job with the sampled fields set, its learners as nested actors.
+"""One sweep trial: the base job with the sampled fields set, run through its kind's entry point.
 
-Each trial reports every round to Tune (so ASHA can stop it and PBT can compare it) and attaches
-a checkpoint on the job's checkpoint rounds, from which Tune restores or PBT exploits it.
+The trial reports the records its kind's hooks mark as iterations (so ASHA can stop it and PBT can
+compare it), attaches RunDir checkpoints to those reports (so Tune can restore a trial and PBT copy
+one), and ends with one report that carries the job's final metrics. Trial outputs go to
+``<sweep run dir>/trials/<trial id>/``, computed from the experiment's storage and the trial id:
+``get_trial_dir()`` and the working directory differ between a fresh and a reused actor.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from .. import checkpoint, spec
-from ..bilevel.executors import Snapshot
-from ..bilevel.job import RunHooks
-from ..runs import RunDir
+from .. import kinds, spec
+from ..runs import Record, RunDir, RunHooks
+from ..specbase import JobBase
 from .space import overrides
 
+TRIALS = "trials"
 
-class TuneReporter(RunHooks):
-    """Round metrics go to ``tune.report``; on a checkpoint round they wait for the checkpoint."""
 
-    def __init__(self, rounds: int, checkpoint_every: int):
-        self.rounds, self.every = rounds, checkpoint_every
-        self._pending: dict[str, float] | None = None
+def scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numbers of a (nested) metrics dict as flat ``a/b`` keys: what Tune and its loggers take."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, (int, float)):
+            out[name] = value
+        elif isinstance(value, dict):
+            out.update(scalars(value, f"{name}/"))
+    return out
 
-    def checkpoint_due(self, round_idx: int) -> bool:
-        return bool(self.every) and (round_idx % self.every == 0 or round_idx >= self.rounds)
 
-    def on_round(self, round_idx: int, metrics: dict[str, float]) -> None:
-        from ray import tune
+class TuneReporter:
+    """Hands a trial's iterations to ``tune.report``, one record behind.
 
-        record = {k: v for k, v in metrics.items() if k != "compute_s"}
-        if self.checkpoint_due(round_idx):
-            self._pending = record
+    A kind logs a record and then, on checkpoint steps, saves a checkpoint: holding each record until
+    the next one (or the end) lets the checkpoint ride on the report of its own step, and lets the
+    last report carry the final metrics as well.
+    """
+
+    def __init__(self, is_report):
+        self.is_report = is_report
+        self._pending: tuple[dict[str, Any], Path | None] | None = None
+        self.reports = 0
+
+    def on_record(self, record: Record) -> None:
+        if self.is_report(record):
+            self._flush()
+            self._pending = (scalars(record), None)
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        if self._pending is None or self._pending[1] is not None:
+            self._flush()
+            self._pending = ({"step": step}, path)
         else:
-            tune.report(record)
+            self._pending = (self._pending[0], path)
 
-    def on_checkpoint(self, round_idx: int, path: Path) -> None:
+    def on_end(self, summary: dict[str, Any], run_dir: RunDir) -> None:
+        pass
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        record, path = self._pending or ({}, None)
+        self._pending = (record | scalars(metrics), path)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
         from ray import tune
 
-        record = self._pending or {"round": round_idx}
+        record, path = self._pending
         self._pending = None
-        tune.report(record, checkpoint=tune.Checkpoint.from_directory(str(path)))
+        self.reports += 1
+        tune.report(record, checkpoint=tune.Checkpoint.from_directory(str(path)) if path is not None else None)
 
 
-def trial_job(base: str, fixed: list[str], config: dict[str, Any]) -> spec.BilevelJob:
+def trial_job(base: str, fixed: list[str], config: dict[str, Any]) -> JobBase:
     return spec.load(base, fixed + overrides(config))
 
 
-def run_trial(config: dict[str, Any], base: str, fixed: list[str]) -> None:
-    from ray import tune
-
-    from ..bilevel import job as bilevel_job
-
-    job = trial_job(base, fixed, config)
-    run_dir = RunDir(Path(tune.get_context().get_trial_dir()) / "run")
+def trial_dir(storage: str, trial_id: str) -> RunDir:
+    run_dir = RunDir(Path(storage) / TRIALS / trial_id)
     for d in (run_dir.path, run_dir.plots, run_dir.checkpoints):
         d.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_trial(config: dict[str, Any], base: str, fixed: list[str], storage: str, kind: kinds.Kind) -> None:
+    from ray import tune
+
+    kinds.register(kind)  # a kind registered at run time in the driver exists in this worker too
+    job = trial_job(base, fixed, config)
+    hooks_of_kind = kinds.sweep_hooks(job.kind)
+    run_dir = trial_dir(storage, tune.get_context().get_trial_id())
+    reporter = TuneReporter(hooks_of_kind.is_report)
+    done = run_dir.read_summary()
+    if done is not None and done.get("status") == "succeeded":
+        # Finished before a driver was killed, but after Tune's last snapshot of the experiment:
+        # hand Tune the final result again instead of training the trial a second time.
+        last = [r for r in run_dir.read_metrics() if hooks_of_kind.is_report(r)][-1:]
+        reporter._pending = (scalars(last[0]) if last else {}, None)
+        reporter.finish(done.get("metrics", {}))
+        return
+    run_dir.hooks = RunHooks(progress=False, listeners=[reporter])
     run_dir.write_spec(spec.dump(job))
-    snapshot = None
+    resume = False
+    run_dir.rewrite_metrics([])  # a retried trial without a checkpoint starts over
     restored = tune.get_checkpoint()
-    if restored is not None:
+    if restored is not None and hooks_of_kind.restorable:
         with restored.as_directory() as d:
-            snapshot = Snapshot.from_flat(*checkpoint.load(Path(d)))
-    reporter = TuneReporter(job.bilevel.rounds, job.bilevel.checkpoint_every)
-    result = bilevel_job.run(job, run_dir, progress=False, resume_from=snapshot, hooks=reporter)
-    run_dir.write_summary(job.kind, job.name, "succeeded", result.metrics, 0.0, result.checkpoint, config=config)
+            meta = json.loads((Path(d) / "meta.json").read_text()) if (Path(d) / "meta.json").exists() else {}
+            run_dir.place_checkpoint(Path(d), int(meta.get("round", 0)))
+        resume = True
+    result = kinds.entry(job.kind)(job, run_dir, run_dir.hooks, resume)
+    reporter.finish(result.metrics)
+    # After the last report: a summary means Tune has every result of this trial.
+    run_dir.write_summary(job.kind, job.name, "succeeded", result.metrics, 0.0, result.checkpoint,
+                          config=config, **result.extra)
 
 
-def trial_bundles(job: spec.BilevelJob, trial_cpus: float) -> list[dict[str, float]]:
-    """The trial's own driver plus one bundle per lower learner, so no trial waits on its siblings."""
-    if job.bilevel.backend == "local":
-        return [{"CPU": max(trial_cpus, 1.0)}]
-    per = job.resources.cpus_per_learner
-    return [{"CPU": trial_cpus}] + [{"CPU": per}] * job.bilevel.lower.learners
+def trial_bundles(job: JobBase, trial_cpus: float) -> list[dict[str, float]]:
+    return kinds.sweep_hooks(job.kind).bundles(job, trial_cpus)

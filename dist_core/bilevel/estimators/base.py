@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ...errors import UnknownEstimatorError  # noqa: F401  (raised here; the hierarchy lives in the core)
 from .. import tree
 from ..problem import BilevelProblem
 
@@ -35,10 +36,6 @@ class EstimatorEntry:
     name: str
     fn: EstimatorFn
     options: type  # a frozen dataclass of the method's knobs, with defaults
-
-
-class UnknownEstimatorError(ValueError):
-    pass
 
 
 _REGISTRY: dict[str, EstimatorEntry] = {}
