@@ -13,15 +13,34 @@
    until the validation loss reaches Optuna-TPE's best, for TPE and random search with the
    hypergradient off, the hybrid (random search, hypergradient on) and one pure-hypergradient run.
 
-``--parts`` picks sections; results merge into bench/results/tune.json.
+4. ``sweep_overhead``: the same 1-second trials through dist_core's own sweep machinery
+   (``kind: sweep`` over the bench-only kind ``bench_sleep``, bench/sleep_kind.py, run through
+   ``runner.run_job`` as a user would), with actor reuse on (what the sweep does) and off (a bench-only
+   patch of ``tune.TuneConfig``), beside raw Tune with reuse on and off as the reference. Each arm
+   is measured ``--repeats`` times, the arms alternating, and reported as median and spread.
+5. ``sweep200``: a 200-trial dist_core sweep of 0.2-s trials (and the same in raw Tune), wall time
+   against the minimum 200 × 0.2 s / 2 = 20 s.
+6. ``diffusion_tpe``: jobs/sweep_diffusion_tpe.yaml through ``launch.py run`` at the diffusion
+   comparison's budget (8 trials × 1500 lower steps), beside jobs/diffusion_schedule.yaml (bilevel)
+   through ``launch.py run`` at the same 12,000 lower steps: best energy distance and wall time.
+
+Every timed run records the 1-minute load average just before it (``load_1min``); results taken
+at a load above 2 are flagged (``loaded``).
+
+``--parts`` picks sections (default: the first three); results merge into bench/results/tune.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,32 +50,195 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, write  # noqa: E402
 from dist_core.diffusion.trainer import BilevelConfig, Setup, final_evaluator, learn_schedule, train_fixed  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 PSI_SPACE = {"s": (0.0, 0.3), "e": (0.7, 1.0), "tau": (0.5, 3.0), "eps": (1e-3, 0.2)}
 
 
-def tune_overhead(trials: int, reuse: bool) -> float:
+LOADED = 2.0  # a 1-minute load average above this (on 2 cores) flags a result as taken on a busy machine
+
+
+def load_1min() -> float:
+    return os.getloadavg()[0]
+
+
+def tune_overhead(trials: int, reuse: bool, seconds: float = 1.0) -> dict:
+    """Raw Tune: a function trainable that sleeps ``seconds``, two at a time on 2 CPUs."""
     from ray import tune
 
-    def one_second(config):
-        time.sleep(1.0)
-        tune.report({"x": config["x"]})
+    def sleeper(config):
+        start = time.time()
+        time.sleep(seconds)
+        tune.report({"x": config["x"], "start": start})
 
+    load = load_1min()
     t0 = time.perf_counter()
     tuner = tune.Tuner(
-        tune.with_resources(one_second, {"cpu": 1}),
+        tune.with_resources(sleeper, {"cpu": 1}),
         param_space={"x": tune.uniform(0, 1)},
         tune_config=tune.TuneConfig(num_samples=trials, reuse_actors=reuse, max_concurrent_trials=2),
         run_config=tune.RunConfig(verbose=0, storage_path=str(Path("/tmp") / "dc-bench-tune")),
     )
-    tuner.fit()
-    return time.perf_counter() - t0
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    starts = [r.metrics["start"] for r in grid if r.metrics and "start" in r.metrics]
+    return {"wall_s": wall, "load_1min": load, "steady_overhead": steady_overhead(starts, seconds)}
 
 
-def per_trial_overhead(n: int, reuse: bool) -> dict:
-    small, big = tune_overhead(n, reuse), tune_overhead(3 * n, reuse)
-    marginal = (big - small) / (2 * n / 2)  # seconds per 1-second trial slot, two slots at once
-    return {"reuse_actors": reuse, "trials": [n, 3 * n], "wall_s": [small, big],
-            "per_trial_overhead": marginal - 1.0, "fixed_s": small - n / 2 * marginal}
+def steady_overhead(starts: list[float], seconds: float, concurrent: int = 2, trim: int = 2) -> float | None:
+    """Per-trial overhead read off one run's trial start times: in steady state the k-th and the
+    (k + concurrent·m)-th start (sorted) are m slots apart. Averaged over every such pair in the
+    middle (less the first and last ``trim`` starts, the ramp up and down), with m as large as fits.
+    Immune to the run's fixed start-up and tear-down, which make the n / 3n difference noisy on a
+    busy machine; it leaves out the driver's per-trial work after the last trial (a sweep's
+    tables), which the n / 3n difference counts."""
+    xs = sorted(starts)[trim:len(starts) - trim]
+    m = (len(xs) - 1) // concurrent
+    if m < 1:
+        return None
+    pairs = range(len(xs) - concurrent * m)
+    slot = sum(xs[k + concurrent * m] - xs[k] for k in pairs) / (m * len(pairs))
+    return slot - seconds
+
+
+@contextmanager
+def tune_patched(reuse: bool, fit_times: list[float]):
+    """Bench-only patches of Ray Tune for the sweeps run inside: ``reuse=False`` forces
+    ``TuneConfig(reuse_actors=False)`` (dist_core's sweep hard-codes True), and the time spent in
+    ``Tuner.fit`` is appended to ``fit_times`` (the rest of a sweep is dist_core's own set-up and
+    its tables and plots afterwards)."""
+    from ray import tune
+
+    config, fit = tune.TuneConfig, tune.Tuner.fit
+
+    def no_reuse(*args, **kwargs):
+        return config(*args, **{**kwargs, "reuse_actors": False})
+
+    def timed_fit(self):
+        t0 = time.perf_counter()
+        try:
+            return fit(self)
+        finally:
+            fit_times.append(time.perf_counter() - t0)
+
+    if not reuse:
+        tune.TuneConfig = no_reuse
+    tune.Tuner.fit = timed_fit
+    try:
+        yield
+    finally:
+        tune.TuneConfig, tune.Tuner.fit = config, fit
+
+
+def sweep_overhead(trials: int, reuse: bool, seconds: float = 1.0) -> dict:
+    """A dist_core sweep (``kind: sweep`` over ``bench_sleep``) run through ``runner.run_job``:
+    job files written, loaded and validated, trials run, tables and plots written, as a user's run."""
+    from bench import sleep_kind
+    from dist_core import runner, spec
+
+    fit_times: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="dc-bench-sweep-") as tmp:
+        sweep_file = sleep_kind.write_jobs(Path(tmp), seconds, trials)
+        load = load_1min()
+        t0 = time.perf_counter()
+        with tune_patched(reuse, fit_times):
+            job = spec.load(sweep_file)
+            summary = runner.run_job(job, Path(tmp) / "runs", progress=False, echo=lambda _: None)
+        wall = time.perf_counter() - t0
+        records = [[json.loads(line) for line in f.read_text().splitlines()]
+                   for f in Path(tmp).glob("runs/*/trials/*/metrics.jsonl")]
+        workers = {r["pid"] for trial in records for r in trial}
+        starts = [trial[0]["start"] for trial in records if trial]
+    m = summary["metrics"]
+    if summary["status"] != "succeeded" or m["trials"] != trials or m["errored"]:
+        raise RuntimeError(f"the bench sweep did not run all {trials} trials: {summary}")
+    return {"wall_s": wall, "fit_s": fit_times[0], "load_1min": load, "worker_processes": len(workers),
+            "steady_overhead": steady_overhead(starts, seconds)}
+
+
+def per_trial_overhead(n: int, reuse: bool, run=tune_overhead, big_first: bool = False) -> dict:
+    """Marginal cost per 1-second trial slot from ``n`` and ``3n`` trials, minus the 1 s of work."""
+    if big_first:
+        big, small = run(3 * n, reuse), run(n, reuse)
+    else:
+        small, big = run(n, reuse), run(3 * n, reuse)
+    marginal = (big["wall_s"] - small["wall_s"]) / (2 * n / 2)  # seconds per trial slot, two slots at once
+    out = {"reuse_actors": reuse, "trials": [n, 3 * n], "wall_s": [small["wall_s"], big["wall_s"]],
+           "per_trial_overhead": marginal - 1.0, "fixed_s": small["wall_s"] - n / 2 * marginal,
+           "load_1min": [small["load_1min"], big["load_1min"]],
+           "steady_overhead": [small["steady_overhead"], big["steady_overhead"]]}
+    if "fit_s" in small:  # the same, counting only Tuner.fit (Tune's share of the sweep)
+        fit_marginal = (big["fit_s"] - small["fit_s"]) / (2 * n / 2)
+        out |= {"fit_s": [small["fit_s"], big["fit_s"]], "fit_per_trial_overhead": fit_marginal - 1.0,
+                "worker_processes": [small["worker_processes"], big["worker_processes"]]}
+    return out
+
+
+def spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
+
+
+def repeated_overhead(n: int, repeats: int) -> dict:
+    """Per-trial overhead of four arms, each measured ``repeats`` times, the arms alternating (each
+    repeat starts one arm later, and alternates which of n / 3n runs first) so that a busy spell on
+    the shared machine does not land on one arm."""
+    arms = {
+        "dist_core sweep, reuse on": lambda: per_trial_overhead(n, True, sweep_overhead, big_first),
+        "dist_core sweep, reuse off": lambda: per_trial_overhead(n, False, sweep_overhead, big_first),
+        "raw Tune, reuse on": lambda: per_trial_overhead(n, True, tune_overhead, big_first),
+        "raw Tune, reuse off": lambda: per_trial_overhead(n, False, tune_overhead, big_first),
+    }
+    names = list(arms)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(repeats):
+        big_first = r % 2 == 1
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            runs[name].append(arms[name]())
+            o = runs[name][-1]
+            print(f"  [{r + 1}/{repeats}] {name}: {100 * o['per_trial_overhead']:.1f}%, steady state "
+                  f"{100 * o['steady_overhead'][1]:.1f}% (wall {o['wall_s'][0]:.1f}, {o['wall_s'][1]:.1f} s; load {o['load_1min'][0]:.1f}, "
+                  f"{o['load_1min'][1]:.1f})", flush=True)
+    summary = {}
+    for name, rs in runs.items():
+        loads = [x for o in rs for x in o["load_1min"]]
+        summary[name] = {"per_trial_overhead": spread([o["per_trial_overhead"] for o in rs]),
+                         "steady_overhead_of_3n": spread([o["steady_overhead"][1] for o in rs]),
+                         "fixed_s": spread([o["fixed_s"] for o in rs]),
+                         "load_1min": {"median": statistics.median(loads), "max": max(loads)},
+                         "loaded": max(loads) > LOADED}
+        if "fit_per_trial_overhead" in rs[0]:
+            summary[name]["fit_per_trial_overhead"] = spread([o["fit_per_trial_overhead"] for o in rs])
+            summary[name]["worker_processes_of_3n"] = [o["worker_processes"][1] for o in rs]
+    return {"trials": [n, 3 * n], "trial_s": 1.0, "concurrent": 2, "repeats": repeats, "loaded_above": LOADED,
+            "goal": "dist_core sweep, reuse on: <= 10% of the 1-s slot",
+            "reference": "Ray: 10,000 1-s trials on 16 CPUs in 715 s vs 625 s minimum (~14%)",
+            "arms": summary, "runs": runs}
+
+
+def many_short_trials(trials: int, seconds: float, repeats: int) -> dict:
+    """A dist_core sweep of ``trials`` trials of ``seconds`` each (and the same in raw Tune), two at a
+    time: wall time over the minimum trials × seconds / 2."""
+    minimum = trials * seconds / 2
+    arms = {"dist_core sweep, reuse on": lambda: sweep_overhead(trials, True, seconds),
+            "raw Tune, reuse on": lambda: tune_overhead(trials, True, seconds)}
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
+    for r in range(repeats):
+        for name in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            o = arms[name]()
+            o["ratio"] = o["wall_s"] / minimum
+            runs[name].append(o)
+            print(f"  [{r + 1}/{repeats}] {name}: {o['wall_s']:.1f} s = {o['ratio']:.2f} × minimum "
+                  f"(load {o['load_1min']:.1f})", flush=True)
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = {"wall_s": spread([o["wall_s"] for o in rs]), "ratio": spread([o["ratio"] for o in rs]),
+                         "steady_overhead_s": spread([o["steady_overhead"] for o in rs]),
+                         "load_1min": {"median": statistics.median(o["load_1min"] for o in rs),
+                                       "max": max(o["load_1min"] for o in rs)},
+                         "loaded": max(o["load_1min"] for o in rs) > LOADED}
+        if "fit_s" in rs[0]:
+            summary[name]["fit_ratio"] = spread([o["fit_s"] / minimum for o in rs])
+    return {"trials": trials, "trial_s": seconds, "concurrent": 2, "minimum_s": minimum, "repeats": repeats,
+            "loaded_above": LOADED, "arms": summary, "runs": runs}
 
 
 def _psi(config: dict) -> torch.Tensor:
@@ -194,6 +376,63 @@ def hybrid(trials: int, rounds: int, seed: int = 0) -> dict:
     return {"target_val_loss": target, "trials": trials, "rounds": rounds, "arms": table}
 
 
+def launch(args: list[str], out: Path) -> dict:
+    """``python launch.py run ARGS --out OUT`` from the repository root, as a user runs it: wall time
+    (Python and, for a sweep, Ray start-up included), the load before, and the run's summary.json."""
+    load = load_1min()
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "launch.py", "run", *args, "--out", str(out), "--no-progress"],
+                          cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"launch.py run {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
+    summary = json.loads(next(out.glob("*/summary.json")).read_text())
+    return {"wall_s": wall, "load_1min": load, "run_wall_s": summary["wall_s"], "metrics": summary["metrics"]}
+
+
+def tpe_vs_bilevel(trials: int, steps_per_trial: int, seeds: int, y_steps: int = 20, z_steps: int = 5) -> dict:
+    """jobs/sweep_diffusion_tpe.yaml (``trials`` × ``steps_per_trial`` lower steps) against
+    jobs/diffusion_schedule.yaml (bilevel, the same total), both through launch.py, per seed.
+
+    Both evaluate held-out energy distance once, at the end (the sweep file already sets one report
+    per trial and no checkpoints; the bilevel run is set the same way), so wall times compare the
+    training, not the evaluation schedule. ``seed`` seeds the searcher; ``overrides.seed`` each trial."""
+    budget = trials * steps_per_trial
+    warmup = min(500, budget // 4)  # as the in-process comparison's bilevel runs
+    outer = (budget - warmup) // (y_steps + z_steps)
+    rows = []
+    for seed in range(seeds):
+        with tempfile.TemporaryDirectory(prefix="dc-bench-tpe-") as tmp:
+            tpe = launch(["jobs/sweep_diffusion_tpe.yaml", "--set", f"seed={seed}", "--set", f"overrides.seed={seed}",
+                          "--set", f"search.num_samples={trials}",
+                          "--set", f"overrides.diffusion.fixed.budget={steps_per_trial}",
+                          "--set", f"overrides.diffusion.fixed.eval_every={steps_per_trial}"], Path(tmp) / "tpe")
+            print(f"  seed {seed} TPE sweep: {tpe['metrics']['best_energy_distance']:.4f} in {tpe['wall_s']:.0f} s "
+                  f"(load {tpe['load_1min']:.1f})", flush=True)
+            bil = launch(["jobs/diffusion_schedule.yaml", "--set", f"seed={seed}",
+                          "--set", f"diffusion.bilevel.outer_steps={outer}",
+                          "--set", f"diffusion.bilevel.y_steps={y_steps}", "--set", f"diffusion.bilevel.z_steps={z_steps}",
+                          "--set", f"diffusion.bilevel.warmup_steps={warmup}",
+                          "--set", f"diffusion.bilevel.eval_every={outer}", "--set", "diffusion.bilevel.checkpoint_every=0",
+                          "--set", "diffusion.compare_cosine=false"], Path(tmp) / "bilevel")
+            print(f"  seed {seed} bilevel: {bil['metrics']['energy_distance']:.4f} in {bil['wall_s']:.0f} s "
+                  f"(load {bil['load_1min']:.1f})", flush=True)
+        rows.append({"seed": seed,
+                     "tpe": {"best_energy": tpe["metrics"]["best_energy_distance"], "wall_s": tpe["wall_s"],
+                             "run_wall_s": tpe["run_wall_s"], "trials": tpe["metrics"]["trials"],
+                             "errored": tpe["metrics"]["errored"], "load_1min": tpe["load_1min"]},
+                     "bilevel": {"best_energy": bil["metrics"]["energy_distance"], "wall_s": bil["wall_s"],
+                                 "run_wall_s": bil["run_wall_s"], "lower_steps": bil["metrics"]["lower_steps"],
+                                 "load_1min": bil["load_1min"]}})
+    loads = [r[m]["load_1min"] for r in rows for m in ("tpe", "bilevel")]
+    return {"budget_lower_steps": budget, "trials": trials, "steps_per_trial": steps_per_trial,
+            "bilevel": {"outer_steps": outer, "y_steps": y_steps, "z_steps": z_steps, "warmup_steps": warmup},
+            "note": "Optuna's TPESampler (as dist_core builds it) samples its first 10 trials at random: "
+                    f"with {trials} trials the sweep's TPE is random search (bench's own `blackbox` uses "
+                    "n_startup_trials=4)" if trials <= 10 else "",
+            "loaded": max(loads) > LOADED, "seeds": rows}
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -218,23 +457,37 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+PARTS = ("overhead", "diffusion", "hybrid", "sweep_overhead", "sweep200", "diffusion_tpe")
+
+
 def main() -> None:
     import ray
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--parts", default="overhead,diffusion,hybrid", help="comma-separated sections to run")
+    ap.add_argument("--parts", default="overhead,diffusion,hybrid",
+                    help=f"comma-separated sections to run, of {', '.join(PARTS)} (and cosine, after diffusion)")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of each sweep_overhead / sweep200 arm")
+    ap.add_argument("--tpe-seeds", type=int, default=1, help="seeds of the diffusion_tpe comparison")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     previous = RESULTS / "tune.json"
     doc = json.loads(previous.read_text()) if previous.exists() else {}
-    payload = {k: doc[k] for k in ("overhead", "diffusion", "hybrid") if k in doc}
+    payload = {k: doc[k] for k in PARTS if k in doc}
     trials, per_trial, seeds = (4, 300, 1) if args.quick else (8, 1500, 3)
     setup = Setup()
+    if parts & {"sweep_overhead", "sweep200"}:
+        from bench import sleep_kind
+
+        sleep_kind.register()  # before ray.init: it puts the repository root on the workers' PYTHONPATH
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, logging_level="ERROR")
     try:
         if "overhead" in parts:
             payload["overhead"] = [per_trial_overhead(4 if args.quick else 10, reuse) for reuse in (False, True)]
+        if "sweep_overhead" in parts:
+            payload["sweep_overhead"] = repeated_overhead(4 if args.quick else 10, 1 if args.quick else args.repeats)
+        if "sweep200" in parts:
+            payload["sweep200"] = many_short_trials(40 if args.quick else 200, 0.2, 1 if args.quick else args.repeats)
         if "diffusion" in parts:
             budget = trials * per_trial
             results = {"random": [], "optuna": [], "bilevel": []}
@@ -254,6 +507,11 @@ def main() -> None:
             payload["hybrid"] = hybrid(trials=4 if args.quick else 12, rounds=10 if args.quick else 40)
     finally:
         ray.shutdown()
+    if "diffusion_tpe" in parts:  # its own processes, each with its own Ray, after ours is gone
+        if (ROOT / "jobs" / "sweep_diffusion_tpe.yaml").exists():
+            payload["diffusion_tpe"] = tpe_vs_bilevel(trials, per_trial, 1 if args.quick else args.tpe_seeds)
+        else:
+            print("jobs/sweep_diffusion_tpe.yaml does not exist: diffusion_tpe skipped")
     out = write("tune", payload)
     report(payload)
     print(f"\nwrote {out}")
@@ -266,6 +524,39 @@ def report(payload: dict) -> None:
     for o in overhead:
         print(f"| reuse_actors={o['reuse_actors']} | {o['trials']} | {o['wall_s'][0]:.1f}, {o['wall_s'][1]:.1f} | "
               f"{100 * o['per_trial_overhead']:.0f}% | {o['fixed_s']:.1f} |")
+    if "sweep_overhead" in payload:
+        so = payload["sweep_overhead"]
+        print(f"\n| 1-s trials, {so['trials']}, 2 at a time, {so['repeats']} repeats | per-trial overhead, median "
+              f"(min–max) | in Tuner.fit | steady state (3n run) | fixed s | load (median, max) |")
+        print("|---|---|---|---|---|---|")
+        for name, a in so["arms"].items():
+            o, fit, st = a["per_trial_overhead"], a.get("fit_per_trial_overhead"), a["steady_overhead_of_3n"]
+            fit_text = f"{100 * fit['median']:.1f}%" if fit else "–"
+            print(f"| {name}{' (load > 2)' if a['loaded'] else ''} | {100 * o['median']:.1f}% "
+                  f"({100 * o['min']:.1f}–{100 * o['max']:.1f}%) | {fit_text} | {100 * st['median']:.1f}% "
+                  f"({100 * st['min']:.1f}–{100 * st['max']:.1f}%) | {a['fixed_s']['median']:.1f} | "
+                  f"{a['load_1min']['median']:.1f}, {a['load_1min']['max']:.1f} |")
+    if "sweep200" in payload:
+        sw = payload["sweep200"]
+        print(f"\n| {sw['trials']} trials of {sw['trial_s']} s, 2 at a time (minimum {sw['minimum_s']:.0f} s) | "
+              f"wall s, median (min–max) | × minimum | steady-state s per trial | load (median, max) |")
+        print("|---|---|---|---|---|")
+        for name, a in sw["arms"].items():
+            w, r, st = a["wall_s"], a["ratio"], a["steady_overhead_s"]
+            print(f"| {name}{' (load > 2)' if a['loaded'] else ''} | {w['median']:.1f} ({w['min']:.1f}–{w['max']:.1f}) | "
+                  f"{r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f}) | {st['median']:.3f} | "
+                  f"{a['load_1min']['median']:.1f}, {a['load_1min']['max']:.1f} |")
+    if "diffusion_tpe" in payload:
+        dt = payload["diffusion_tpe"]
+        print(f"\n| launch.py run, {dt['budget_lower_steps']} lower steps | seed | best energy distance | wall s | load |")
+        print("|---|---|---|---|---|")
+        for row in dt["seeds"]:
+            for m, label in (("tpe", f"sweep_diffusion_tpe ({dt['trials']} × {dt['steps_per_trial']})"),
+                             ("bilevel", "diffusion_schedule (bilevel)")):
+                print(f"| {label} | {row['seed']} | {row[m]['best_energy']:.4f} | {row[m]['wall_s']:.0f} | "
+                      f"{row[m]['load_1min']:.1f} |")
+        if dt.get("note"):
+            print(f"\n{dt['note']}")
     if "diffusion" in payload:
         d = payload["diffusion"]
         print(f"\n| schedule search ({d['budget_lower_steps']} lower steps) | final energy distance, per seed | mean |")

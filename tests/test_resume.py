@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from helpers import kill_when
+from helpers import kill_tree, kill_when
 
 ROOT = Path(__file__).resolve().parent.parent
 CMD = [sys.executable, str(ROOT / "launch.py")]
@@ -71,13 +71,31 @@ class CleanRun:
 
     def __init__(self, out: Path, job: str, sets: list[str]):
         self.out = out
-        self.proc = subprocess.Popen([*CMD, "run", job, "--out", str(out), *sets, "--no-progress"], cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        out.mkdir(parents=True)
+        self.err = out.with_name(out.name + ".stderr")
+        with open(self.err, "w") as fh:
+            self.proc = subprocess.Popen([*CMD, "run", job, "--out", str(out), *sets, "--no-progress"], cwd=ROOT,
+                                         stdout=subprocess.DEVNULL, stderr=fh)
 
     def wait(self) -> Path:
-        _, err = self.proc.communicate(timeout=300)
-        assert self.proc.returncode == 0, err[-3000:]
+        self.proc.wait(timeout=300)
+        assert self.proc.returncode == 0, self.err.read_text()[-3000:]
         return only_run_dir(self.out)
+
+
+@pytest.fixture
+def background():
+    """Start reference runs; a test that fails before waiting for one leaves nothing running."""
+    started: list[CleanRun] = []
+
+    def start(out: Path, job: str, sets: list[str]) -> CleanRun:
+        started.append(CleanRun(out, job, sets))
+        return started[-1]
+
+    yield start
+    for run in started:
+        if run.proc.poll() is None:
+            kill_tree(run.proc.pid)
 
 
 def kill_and_check(out: Path, job: str, sets: list[str], ready, what: str) -> Path:
@@ -114,13 +132,13 @@ def digits_npz(tmp_path_factory) -> Path:
     return path
 
 
-def test_killed_bilevel_run_resumes_to_the_same_result(tmp_path, digits_npz):
+def test_killed_bilevel_run_resumes_to_the_same_result(tmp_path, digits_npz, background):
     """Killed after the round-10 checkpoint; a resume that cannot read its data fails with the hint
     to resume (there is a checkpoint), and once the data is back the resume finishes the run."""
     data = tmp_path / "digits.npz"
     data.write_bytes(digits_npz.read_bytes())
     sets = [*BILEVEL, "--set", f"bilevel.data.path={data}"]
-    clean = CleanRun(tmp_path / "clean", "jobs/quickstart.yaml", sets)
+    clean = background(tmp_path / "clean", "jobs/quickstart.yaml", sets)
     out = tmp_path / "killed"
     def past_a_checkpoint() -> bool:  # rounds logged after the checkpoint: the resume must drop them
         step = latest_step(out)
@@ -164,10 +182,10 @@ def test_failed_run_without_a_checkpoint_has_no_resume_hint(tmp_path):
 
 
 # ------------------------------------------------------------ analog_pipeline: per epoch, on Ray actors
-def test_killed_pipeline_run_resumes_to_the_same_result(tmp_path):
+def test_killed_pipeline_run_resumes_to_the_same_result(tmp_path, background):
     """Killed during the async schedule, the sync one finished: the resume skips sync, restarts async
     at its next epoch on fresh stage actors, and every (schedule, epoch) is there once."""
-    clean = CleanRun(tmp_path / "clean", "jobs/aimc_pipeline.yaml", PIPELINE)
+    clean = background(tmp_path / "clean", "jobs/aimc_pipeline.yaml", PIPELINE)
     out = tmp_path / "killed"
     run_dir = kill_and_check(out, "jobs/aimc_pipeline.yaml", PIPELINE, lambda: latest_step(out) >= 5,
                              "a checkpoint of the async schedule")
@@ -185,8 +203,8 @@ def test_killed_pipeline_run_resumes_to_the_same_result(tmp_path):
 
 
 # ------------------------------------------------------------ aimc_toy: per method
-def test_killed_toy_run_resumes_to_the_same_result(tmp_path):
-    clean = CleanRun(tmp_path / "clean", "jobs/aimc_toy.yaml", TOY)
+def test_killed_toy_run_resumes_to_the_same_result(tmp_path, background):
+    clean = background(tmp_path / "clean", "jobs/aimc_toy.yaml", TOY)
     out = tmp_path / "killed"
     run_dir = kill_and_check(out, "jobs/aimc_toy.yaml", TOY, lambda: bool(list(out.glob("*/phases/*.json"))),
                              "a finished method")

@@ -1,7 +1,8 @@
 """Shipped job files run as a user runs them: from the repository root with the default ``--out``
 (runs/), and from another working directory by absolute paths. Reduced with ``--set`` to CI size:
 bilevel 10 rounds, aimc_toy 2,000 steps, aimc_pipeline 1 epoch, diffusion 6 outer steps, posttrain
-1 epoch without the optima runs, the λ sweep 2 trials (λ = 0 and λ = 1)."""
+1 epoch without the optima runs, the λ sweep (post-training inside Tune trials, from another
+directory) 2 trials: λ = 0 and λ = 1."""
 
 import json
 import re
@@ -50,13 +51,6 @@ def test_runs_from_the_repository_root_with_the_default_out(name):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def test_posttrain_from_another_directory(tmp_path):
-    _, run_dir = launch(["run", str(ROOT / "jobs" / "sft_dpo_sequential.yaml")], tmp_path, ["epochs=2"])
-    assert run_dir.parent == tmp_path / "runs"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "succeeded" and (run_dir / "model" / "model.safetensors").exists()
-
-
 def test_posttrain_lambda_sweep_from_another_directory_draws_the_front(tmp_path):
     proc, run_dir = launch(["run", str(ROOT / "jobs" / "sweep_posttrain_lambda.yaml")], tmp_path,
                            ["search.space.lam.values=[0.0,1.0]", "overrides.epochs=1"])
@@ -70,4 +64,5 @@ def test_posttrain_lambda_sweep_from_another_directory_draws_the_front(tmp_path)
               for p in run_dir.glob("trials/*/summary.json")}
     assert by_lam[0.0]["f_sft"] < by_lam[1.0]["f_sft"] and by_lam[1.0]["f_dpo"] < by_lam[0.0]["f_dpo"]
     assert (run_dir / "plots" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert "lam" in proc.stdout.splitlines()[1] or "lam" in proc.stdout  # the trials table
+    assert all((p / "model" / "model.safetensors").exists() for p in run_dir.glob("trials/*"))
+    assert "best f_dpo" in proc.stdout  # the trials table

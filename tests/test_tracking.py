@@ -166,7 +166,8 @@ def test_every_trial_has_event_files_and_an_mlflow_run(sweep):
 
 # ------------------------------------------------------------ the listeners: phases and resume
 def test_phases_get_their_own_tags_and_a_resume_logs_each_step_once(out):
-    job = spec.load(ROOT / "jobs" / "quickstart.yaml", ["tracking.tensorboard=true", "tracking.mlflow={experiment: phases}"])
+    job = spec.load(ROOT / "jobs" / "quickstart.yaml",
+                    ["tracking.tensorboard=true", "tracking.mlflow={experiment: phases}"])
     run_dir = RunDir.create(out, "phases")
     first = [{"phase": "sft", "step": 1, "loss": 2.0}, {"phase": "sft", "step": 2, "loss": 1.5},
              {"phase": "main", "step": 1, "loss": 1.25, "ok": True, "note": "text is not a scalar"},

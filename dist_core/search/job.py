@@ -10,7 +10,6 @@ import csv
 import json
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -182,13 +181,16 @@ def run(job: SweepJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -
 
 def trial_rows(grid: Any, metric: str, mode: str, keys: list[str], storage: Path) -> list[dict[str, Any]]:
     rows = []
+    ids = sorted((p.name for p in (storage / TRIALS).iterdir()), key=len, reverse=True) \
+        if (storage / TRIALS).is_dir() else []
     for result in grid:
         df = result.metrics_dataframe
         series = df[metric].dropna().tolist() if df is not None and metric in df else []
         best = (min(series) if mode == "min" else max(series)) if series else float("nan")
-        # From the trial's own directory: after a PBT exploit, its metrics carry the source's id.
-        match = re.search(r"_([0-9a-f]+_\d{5})", Path(result.path).name)
-        trial = match.group(1) if match else Path(result.path).name
+        # The id from Tune's own trial directory name (after a PBT exploit the reported metrics
+        # carry the source's id), matched against the trial directories this sweep wrote.
+        name = Path(result.path).name
+        trial = next((t for t in ids if f"_{t}_" in f"_{name}_"), name)
         summary_file = storage / TRIALS / trial / "summary.json"
         final = json.loads(summary_file.read_text()).get("metrics", {}) if summary_file.exists() else {}
         rows.append({
@@ -217,11 +219,17 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def format_table(rows: list[dict], metric: str) -> str:
     keys = [k for k in rows[0] if k not in ("trial", "metric", "last", "iterations", "status", "checkpoint", "path",
                                             "final")]
-    head = ["trial", *[k.split(".")[-1] for k in keys], f"best {metric}", "iterations", "status"]
+    head = ["trial", *[_column(k) for k in keys], f"best {metric}", "iterations", "status"]
     body = [[r["trial"], *[_fmt(r[k]) for k in keys], _fmt(r["metric"]), str(r["iterations"]), r["status"]]
             for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *body])
+
+
+def _column(key: str) -> str:
+    """A searched key's column head: its last part, or the last two for a list item (psi0.1)."""
+    parts = key.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
 
 
 def _fmt(v: Any) -> str:

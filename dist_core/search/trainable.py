@@ -109,18 +109,22 @@ def run_trial(config: dict[str, Any], base: str, fixed: list[str], storage: str,
     run_dir.hooks = RunHooks(progress=False, listeners=[reporter])
     run_dir.write_spec(spec.dump(job))
     resume = False
-    run_dir.rewrite_metrics([])  # a retried trial without a checkpoint starts over
     restored = tune.get_checkpoint()
     if restored is not None and hooks_of_kind.restorable:
+        # A restored trial (or a PBT exploit) continues from the checkpoint; the kind's resume
+        # drops this trial's records past the checkpoint's step.
         with restored.as_directory() as d:
             meta = json.loads((Path(d) / "meta.json").read_text()) if (Path(d) / "meta.json").exists() else {}
-            run_dir.place_checkpoint(Path(d), int(meta.get("round", 0)))
+            run_dir.place_checkpoint(Path(d), int(meta.get("round", meta.get("step", 0))))
         resume = True
+    else:
+        run_dir.rewrite_metrics([])  # a retried trial without a checkpoint starts over
     result = kinds.entry(job.kind)(job, run_dir, run_dir.hooks, resume)
-    reporter.finish(result.metrics)
-    # After the last report: a summary means Tune has every result of this trial.
+    # Before the last report: a scheduler may stop the trial on it (ASHA at max_t). A trial that
+    # finds its own summary on a restore re-reports it instead of training again (above).
     run_dir.write_summary(job.kind, job.name, "succeeded", result.metrics, 0.0, result.checkpoint,
                           config=config, **result.extra)
+    reporter.finish(result.metrics)
 
 
 def trial_bundles(job: JobBase, trial_cpus: float) -> list[dict[str, float]]:
