@@ -177,6 +177,13 @@ def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
 
+def warm_up() -> None:
+    """One small sweep and one small Tuner, untimed: the first run in a process pays one-time imports
+    (Tune's, dist_core's, matplotlib's: ~5 s), which would count against whichever arm runs first."""
+    sweep_overhead(2, True, 0.1)
+    tune_overhead(2, True, 0.1)
+
+
 def repeated_overhead(n: int, repeats: int) -> dict:
     """Per-trial overhead of four arms, each measured ``repeats`` times, the arms alternating (each
     repeat starts one arm later, and alternates which of n / 3n runs first) so that a busy spell on
@@ -189,6 +196,7 @@ def repeated_overhead(n: int, repeats: int) -> dict:
     }
     names = list(arms)
     runs: dict[str, list[dict]] = {name: [] for name in names}
+    warm_up()
     for r in range(repeats):
         big_first = r % 2 == 1
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -221,6 +229,7 @@ def many_short_trials(trials: int, seconds: float, repeats: int) -> dict:
     arms = {"dist_core sweep, reuse on": lambda: sweep_overhead(trials, True, seconds),
             "raw Tune, reuse on": lambda: tune_overhead(trials, True, seconds)}
     runs: dict[str, list[dict]] = {name: [] for name in arms}
+    warm_up()
     for r in range(repeats):
         for name in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
             o = arms[name]()

@@ -118,3 +118,13 @@ def test_validate_imports_neither_torch_nor_ray():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_one_line_keeps_the_cause_of_a_wrapped_worker_error():
+    wrapped = RuntimeError("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call "
+                           "last):\n  File \"worker.py\", line 3, in run\n    load()\nOSError: Repo id must be in the "
+                           "form 'repo_name' or 'namespace/repo_name': 'runs/x/init_model'\n")
+    assert runner.one_line(wrapped) == ("OSError: Repo id must be in the form 'repo_name' or 'namespace/repo_name': "
+                                        "'runs/x/init_model'")
+    assert runner.one_line(ValueError("lr must be > 0")) == "lr must be > 0"
+    assert runner.one_line(RuntimeError("")) == "RuntimeError"

@@ -92,7 +92,8 @@ def _validate(tmp_path, capsys, monkeypatch, text: str, name: str = "sweep.yaml"
 def test_a_sweep_over_a_sweep_is_one_line(tmp_path, capsys, monkeypatch):
     inner = tmp_path / "inner.yaml"
     inner.write_text(TOY_SWEEP)
-    outer = f"kind: sweep\nname: outer\nbase: {inner}\nsearch:\n  space:\n    search.num_samples: {{type: int, low: 1, high: 3}}\n"
+    outer = (f"kind: sweep\nname: outer\nbase: {inner}\n"
+             "search:\n  space:\n    search.num_samples: {type: int, low: 1, high: 3}\n")
     job, code, err = _validate(tmp_path, capsys, monkeypatch, outer)
     assert code == 2
     assert err == (f"{job}:3: base: {inner} is itself a sweep; a sweep's base is one job of kind "

@@ -157,7 +157,8 @@ def run(job: AnalogPipelineJob, run_dir: RunDir, hooks: RunHooks, resume: bool =
             order = rng.permutation(len(xtr))[: per_epoch * a.micro_batch]
             xs = [xtr[order[i : i + a.micro_batch]] for i in range(0, len(order), a.micro_batch)]
             ys = [ytr[order[i : i + a.micro_batch]] for i in range(0, len(order), a.micro_batch)]
-            plan = synchronous(a.stages, a.micro_batches, len(xs) // a.micro_batches) if sync else asynchronous(a.stages, len(xs))
+            plan = (synchronous(a.stages, a.micro_batches, len(xs) // a.micro_batches) if sync
+                    else asynchronous(a.stages, len(xs)))
             t0 = time.perf_counter()
             execute(plan, stages, xs, ys, remote=remote)
             pos.wall += time.perf_counter() - t0

@@ -60,9 +60,14 @@ def run(job: AimcToyJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False)
     block = max(1, t.steps // t.curve_points)
     final: dict[str, dict[str, float]] = {}
     curves: dict[str, dict[float, list[float]]] = {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(t.methods), initial=len(finished), desc="methods", unit="method",
+               disable=not hooks.progress, leave=False)
     for method in t.methods:
         records = finished.get(method)
         if records is None:
+            bar.set_postfix_str(method)
             records = []
             scales: list[float | None] = list(t.transfer_scales) if method.startswith("tiki_taka") else [None]
             rows = [(alpha, scale) for scale in scales for alpha in t.alphas]
@@ -76,10 +81,12 @@ def run(job: AimcToyJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False)
                 records.append(record)
             _phase(run_dir, method).parent.mkdir(exist_ok=True)
             checkpoint.write_json_atomic(_phase(run_dir, method), {"method": method, "records": records})
+            bar.update(1)
         for r in records:
             label = _label(r["method"], r["transfer_scale"])
             final.setdefault(label, {})[f"{r['alpha']:g}"] = r["final_error"]
             curves.setdefault(label, {})[r["alpha"]] = r["error"]
+    bar.close()
     _plot(run_dir, job.name, final, curves, block)
     return JobResult({"final_error": final, **_claims(final, t.alphas)}, None,
                      {"alphas": list(t.alphas), "steps": t.steps, "sigma": t.sigma, "tau": t.tau})
