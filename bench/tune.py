@@ -129,7 +129,7 @@ def tune_patched(reuse: bool, fit_times: list[float]):
         tune.TuneConfig, tune.Tuner.fit = config, fit
 
 
-def sweep_overhead(trials: int, reuse: bool, seconds: float = 1.0) -> dict:
+def sweep_overhead(trials: int, reuse: bool, seconds: float = 1.0, records: int = 3) -> dict:
     """A dist_core sweep (``kind: sweep`` over ``bench_sleep``) run through ``runner.run_job``:
     job files written, loaded and validated, trials run, tables and plots written, as a user's run."""
     from bench import sleep_kind
@@ -137,7 +137,7 @@ def sweep_overhead(trials: int, reuse: bool, seconds: float = 1.0) -> dict:
 
     fit_times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="dc-bench-sweep-") as tmp:
-        sweep_file = sleep_kind.write_jobs(Path(tmp), seconds, trials)
+        sweep_file = sleep_kind.write_jobs(Path(tmp), seconds, trials, records)
         load = load_1min()
         t0 = time.perf_counter()
         with tune_patched(reuse, fit_times):
@@ -185,14 +185,18 @@ def warm_up() -> None:
 
 
 def repeated_overhead(n: int, repeats: int) -> dict:
-    """Per-trial overhead of four arms, each measured ``repeats`` times, the arms alternating (each
-    repeat starts one arm later, and alternates which of n / 3n runs first) so that a busy spell on
-    the shared machine does not land on one arm."""
+    """Per-trial overhead of each arm (a run function and reuse on/off), measured ``repeats`` times,
+    the arms alternating (each repeat starts one arm later, and alternates which of n / 3n runs
+    first) so that a busy spell on the shared machine does not land on one arm."""
+    def one_record(trials: int, reuse: bool) -> dict:  # a diagnostic: each trial reports once, not 3 times
+        return sweep_overhead(trials, reuse, records=1)
+
     arms = {
-        "dist_core sweep, reuse on": lambda: per_trial_overhead(n, True, sweep_overhead, big_first),
-        "dist_core sweep, reuse off": lambda: per_trial_overhead(n, False, sweep_overhead, big_first),
-        "raw Tune, reuse on": lambda: per_trial_overhead(n, True, tune_overhead, big_first),
-        "raw Tune, reuse off": lambda: per_trial_overhead(n, False, tune_overhead, big_first),
+        "dist_core sweep, reuse on": (sweep_overhead, True),
+        "dist_core sweep, reuse off": (sweep_overhead, False),
+        "dist_core sweep, reuse on, 1 record": (one_record, True),
+        "raw Tune, reuse on": (tune_overhead, True),
+        "raw Tune, reuse off": (tune_overhead, False),
     }
     names = list(arms)
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -200,7 +204,8 @@ def repeated_overhead(n: int, repeats: int) -> dict:
     for r in range(repeats):
         big_first = r % 2 == 1
         for name in names[r % len(names):] + names[:r % len(names)]:
-            runs[name].append(arms[name]())
+            run, reuse = arms[name]
+            runs[name].append(per_trial_overhead(n, reuse, run, big_first))
             o = runs[name][-1]
             print(f"  [{r + 1}/{repeats}] {name}: {100 * o['per_trial_overhead']:.1f}%, steady state "
                   f"{100 * o['steady_overhead'][1]:.1f}% (wall {o['wall_s'][0]:.1f}, {o['wall_s'][1]:.1f} s; load {o['load_1min'][0]:.1f}, "

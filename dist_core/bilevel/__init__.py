@@ -3,7 +3,8 @@
     from dist_core.bilevel import BilevelProblem, hypergradient, solve
 
 Names are imported on first use, so that validating a bilevel job file (``bilevel/config.py``)
-does not import torch.
+does not import torch. (No submodule may share an exported name: once imported, a submodule
+``solve`` would shadow the function ``solve`` on the package; the loop lives in ``solver.py``.)
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ _EXPORTS = {
     "BilevelRunError": "dist_core.errors",
     "LearnerError": "dist_core.errors",
     "BilevelProblem": "dist_core.bilevel.problem",
-    "SolveResult": "dist_core.bilevel.solve",
-    "solve": "dist_core.bilevel.solve",
+    "SolveResult": "dist_core.bilevel.solver",
+    "solve": "dist_core.bilevel.solver",
     "hypergradient": "dist_core.bilevel.hypergrad",
 }
 

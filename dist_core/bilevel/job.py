@@ -11,7 +11,7 @@ from .. import plots
 from ..runs import JobResult, RunDir, RunHooks
 from .config import BilevelJob
 from .executors import Snapshot
-from .solve import solve
+from .solver import solve
 from .step import LowerState, train_lower_only
 from .tasks import hyper_cleaning as hc
 
