@@ -1,6 +1,7 @@
 """Tune benchmark: Tune's per-trial overhead, and noise-schedule search by bilevel vs Tune.
 
     python bench/tune.py [--quick]     # writes bench/results/tune.json and bench/results/diffusion.png
+    python bench/tune.py --parts sweep_overhead,sweep200,diffusion_tpe
 
 1. Overhead: trials that each sleep 1 s, two at a time on 2 CPUs. Per-trial overhead is the
    marginal cost: run N and 3N trials, (Δwall / (ΔN/2)) − 1, so the Tuner's fixed start-up
@@ -12,12 +13,13 @@
 3. Hybrid search on the quickstart: lower-level training steps (rounds × inner steps × learners)
    until the validation loss reaches Optuna-TPE's best, for TPE and random search with the
    hypergradient off, the hybrid (random search, hypergradient on) and one pure-hypergradient run.
-
 4. ``sweep_overhead``: the same 1-second trials through dist_core's own sweep machinery
    (``kind: sweep`` over the bench-only kind ``bench_sleep``, bench/sleep_kind.py, run through
    ``runner.run_job`` as a user would), with actor reuse on (what the sweep does) and off (a bench-only
-   patch of ``tune.TuneConfig``), beside raw Tune with reuse on and off as the reference. Each arm
-   is measured ``--repeats`` times, the arms alternating, and reported as median and spread.
+   patch of ``tune.TuneConfig``), beside raw Tune with reuse on and off as the reference; plus one
+   diagnostic arm whose trials report once instead of three times. Each arm is measured
+   ``--repeats`` times, the arms alternating, and reported as median and spread, by the n / 3n
+   formula of (1) and by the steady-state cycle read off the trials' start times (``steady_overhead``).
 5. ``sweep200``: a 200-trial dist_core sweep of 0.2-s trials (and the same in raw Tune), wall time
    against the minimum 200 × 0.2 s / 2 = 20 s.
 6. ``diffusion_tpe``: jobs/sweep_diffusion_tpe.yaml through ``launch.py run`` at the diffusion
@@ -52,8 +54,6 @@ from dist_core.diffusion.trainer import BilevelConfig, Setup, final_evaluator, l
 
 ROOT = Path(__file__).resolve().parent.parent
 PSI_SPACE = {"s": (0.0, 0.3), "e": (0.7, 1.0), "tau": (0.5, 3.0), "eps": (1e-3, 0.2)}
-
-
 LOADED = 2.0  # a 1-minute load average above this (on 2 cores) flags a result as taken on a busy machine
 
 
@@ -68,7 +68,7 @@ def tune_overhead(trials: int, reuse: bool, seconds: float = 1.0) -> dict:
     def sleeper(config):
         start = time.time()
         time.sleep(seconds)
-        tune.report({"x": config["x"], "start": start})
+        tune.report({"x": config["x"], "start": start, "pid": os.getpid()})
 
     load = load_1min()
     t0 = time.perf_counter()
@@ -80,8 +80,9 @@ def tune_overhead(trials: int, reuse: bool, seconds: float = 1.0) -> dict:
     )
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    starts = [r.metrics["start"] for r in grid if r.metrics and "start" in r.metrics]
-    return {"wall_s": wall, "load_1min": load, "steady_overhead": steady_overhead(starts, seconds)}
+    done = [r.metrics for r in grid if r.metrics and "start" in r.metrics]
+    return {"wall_s": wall, "load_1min": load, "worker_processes": len({m["pid"] for m in done}),
+            "steady_overhead": steady_overhead([m["start"] for m in done], seconds)}
 
 
 def steady_overhead(starts: list[float], seconds: float, concurrent: int = 2, trim: int = 2) -> float | None:
@@ -144,10 +145,10 @@ def sweep_overhead(trials: int, reuse: bool, seconds: float = 1.0, records: int 
             job = spec.load(sweep_file)
             summary = runner.run_job(job, Path(tmp) / "runs", progress=False, echo=lambda _: None)
         wall = time.perf_counter() - t0
-        records = [[json.loads(line) for line in f.read_text().splitlines()]
-                   for f in Path(tmp).glob("runs/*/trials/*/metrics.jsonl")]
-        workers = {r["pid"] for trial in records for r in trial}
-        starts = [trial[0]["start"] for trial in records if trial]
+        logged = [[json.loads(line) for line in f.read_text().splitlines()]
+                  for f in Path(tmp).glob("runs/*/trials/*/metrics.jsonl")]
+        workers = {r["pid"] for trial in logged for r in trial}
+        starts = [trial[0]["start"] for trial in logged if trial]
     m = summary["metrics"]
     if summary["status"] != "succeeded" or m["trials"] != trials or m["errored"]:
         raise RuntimeError(f"the bench sweep did not run all {trials} trials: {summary}")
@@ -165,11 +166,11 @@ def per_trial_overhead(n: int, reuse: bool, run=tune_overhead, big_first: bool =
     out = {"reuse_actors": reuse, "trials": [n, 3 * n], "wall_s": [small["wall_s"], big["wall_s"]],
            "per_trial_overhead": marginal - 1.0, "fixed_s": small["wall_s"] - n / 2 * marginal,
            "load_1min": [small["load_1min"], big["load_1min"]],
-           "steady_overhead": [small["steady_overhead"], big["steady_overhead"]]}
+           "steady_overhead": [small["steady_overhead"], big["steady_overhead"]],
+           "worker_processes": [small["worker_processes"], big["worker_processes"]]}
     if "fit_s" in small:  # the same, counting only Tuner.fit (Tune's share of the sweep)
         fit_marginal = (big["fit_s"] - small["fit_s"]) / (2 * n / 2)
-        out |= {"fit_s": [small["fit_s"], big["fit_s"]], "fit_per_trial_overhead": fit_marginal - 1.0,
-                "worker_processes": [small["worker_processes"], big["worker_processes"]]}
+        out |= {"fit_s": [small["fit_s"], big["fit_s"]], "fit_per_trial_overhead": fit_marginal - 1.0}
     return out
 
 
@@ -208,8 +209,8 @@ def repeated_overhead(n: int, repeats: int) -> dict:
             runs[name].append(per_trial_overhead(n, reuse, run, big_first))
             o = runs[name][-1]
             print(f"  [{r + 1}/{repeats}] {name}: {100 * o['per_trial_overhead']:.1f}%, steady state "
-                  f"{100 * o['steady_overhead'][1]:.1f}% (wall {o['wall_s'][0]:.1f}, {o['wall_s'][1]:.1f} s; load {o['load_1min'][0]:.1f}, "
-                  f"{o['load_1min'][1]:.1f})", flush=True)
+                  f"{100 * o['steady_overhead'][1]:.1f}% (wall {o['wall_s'][0]:.1f}, {o['wall_s'][1]:.1f} s; "
+                  f"load {o['load_1min'][0]:.1f}, {o['load_1min'][1]:.1f})", flush=True)
     summary = {}
     for name, rs in runs.items():
         loads = [x for o in rs for x in o["load_1min"]]
@@ -220,7 +221,7 @@ def repeated_overhead(n: int, repeats: int) -> dict:
                          "loaded": max(loads) > LOADED}
         if "fit_per_trial_overhead" in rs[0]:
             summary[name]["fit_per_trial_overhead"] = spread([o["fit_per_trial_overhead"] for o in rs])
-            summary[name]["worker_processes_of_3n"] = [o["worker_processes"][1] for o in rs]
+        summary[name]["worker_processes_of_3n"] = [o["worker_processes"][1] for o in rs]
     return {"trials": [n, 3 * n], "trial_s": 1.0, "concurrent": 2, "repeats": repeats, "loaded_above": LOADED,
             "goal": "dist_core sweep, reuse on: <= 10% of the 1-s slot",
             "reference": "Ray: 10,000 1-s trials on 16 CPUs in 715 s vs 625 s minimum (~14%)",
@@ -248,7 +249,8 @@ def many_short_trials(trials: int, seconds: float, repeats: int) -> dict:
                          "steady_overhead_s": spread([o["steady_overhead"] for o in rs]),
                          "load_1min": {"median": statistics.median(o["load_1min"] for o in rs),
                                        "max": max(o["load_1min"] for o in rs)},
-                         "loaded": max(o["load_1min"] for o in rs) > LOADED}
+                         "loaded": max(o["load_1min"] for o in rs) > LOADED,
+                         "worker_processes": [o["worker_processes"] for o in rs]}
         if "fit_s" in rs[0]:
             summary[name]["fit_ratio"] = spread([o["fit_s"] / minimum for o in rs])
     return {"trials": trials, "trial_s": seconds, "concurrent": 2, "minimum_s": minimum, "repeats": repeats,

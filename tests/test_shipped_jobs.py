@@ -23,8 +23,6 @@ REDUCED = {
     "diffusion_schedule.yaml": ["diffusion.bilevel.outer_steps=6", "diffusion.bilevel.warmup_steps=20",
                                 "diffusion.compare_cosine=false"],
     "sft_dpo_alright.yaml": ["epochs=1", "estimate_optima=false"],
-    "sweep_quickstart.yaml": ["search.num_samples=2", "overrides.bilevel.rounds=6",
-                              "overrides.bilevel.lower.learners=1", "overrides.resources.cpus_per_learner=0.99"],
 }
 
 
