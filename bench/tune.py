@@ -16,8 +16,9 @@
 4. ``sweep_overhead``: the same 1-second trials through dist_core's own sweep machinery
    (``kind: sweep`` over the bench-only kind ``bench_sleep``, bench/sleep_kind.py, run through
    ``runner.run_job`` as a user would), with actor reuse on (what the sweep does) and off (a bench-only
-   patch of ``tune.TuneConfig``), beside raw Tune with reuse on and off as the reference; plus one
-   diagnostic arm whose trials report once instead of three times. Each arm is measured
+   patch of ``tune.TuneConfig``), beside raw Tune with reuse on and off as the reference; plus two
+   diagnostic arms: the sweep with trials that report once instead of three times, and raw Tune
+   reporting three times instead of once. Each arm is measured
    ``--repeats`` times, the arms alternating, and reported as median and spread, by the n / 3n
    formula of (1) and by the steady-state cycle read off the trials' start times (``steady_overhead``).
 5. ``sweep200``: a 200-trial dist_core sweep of 0.2-s trials (and the same in raw Tune), wall time
@@ -49,7 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, write  # noqa: E402
+from bench.common import RESULTS, commit, write  # noqa: E402
 from dist_core.diffusion.trainer import BilevelConfig, Setup, final_evaluator, learn_schedule, train_fixed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,14 +62,21 @@ def load_1min() -> float:
     return os.getloadavg()[0]
 
 
-def tune_overhead(trials: int, reuse: bool, seconds: float = 1.0) -> dict:
-    """Raw Tune: a function trainable that sleeps ``seconds``, two at a time on 2 CPUs."""
+def taken() -> dict:
+    """When and at which commit a section was measured: sections of tune.json come from different runs."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit()}
+
+
+def tune_overhead(trials: int, reuse: bool, seconds: float = 1.0, reports: int = 1) -> dict:
+    """Raw Tune: a function trainable that sleeps ``seconds`` (reporting ``reports`` times along the
+    way), two at a time on 2 CPUs."""
     from ray import tune
 
     def sleeper(config):
         start = time.time()
-        time.sleep(seconds)
-        tune.report({"x": config["x"], "start": start, "pid": os.getpid()})
+        for _ in range(reports):
+            time.sleep(seconds / reports)
+            tune.report({"x": config["x"], "start": start, "pid": os.getpid()})
 
     load = load_1min()
     t0 = time.perf_counter()
@@ -189,14 +197,20 @@ def repeated_overhead(n: int, repeats: int) -> dict:
     """Per-trial overhead of each arm (a run function and reuse on/off), measured ``repeats`` times,
     the arms alternating (each repeat starts one arm later, and alternates which of n / 3n runs
     first) so that a busy spell on the shared machine does not land on one arm."""
-    def one_record(trials: int, reuse: bool) -> dict:  # a diagnostic: each trial reports once, not 3 times
+    # Diagnostics: a dist_core sweep whose trials log (and so report to Tune) 1 record instead of 3,
+    # and raw Tune reporting 3 times instead of once: Tune's reports are synchronous round trips.
+    def one_record(trials: int, reuse: bool) -> dict:
         return sweep_overhead(trials, reuse, records=1)
+
+    def three_reports(trials: int, reuse: bool) -> dict:
+        return tune_overhead(trials, reuse, reports=3)
 
     arms = {
         "dist_core sweep, reuse on": (sweep_overhead, True),
         "dist_core sweep, reuse off": (sweep_overhead, False),
         "dist_core sweep, reuse on, 1 record": (one_record, True),
         "raw Tune, reuse on": (tune_overhead, True),
+        "raw Tune, reuse on, 3 reports": (three_reports, True),
         "raw Tune, reuse off": (tune_overhead, False),
     }
     names = list(arms)
@@ -501,9 +515,11 @@ def main() -> None:
         if "overhead" in parts:
             payload["overhead"] = [per_trial_overhead(4 if args.quick else 10, reuse) for reuse in (False, True)]
         if "sweep_overhead" in parts:
-            payload["sweep_overhead"] = repeated_overhead(4 if args.quick else 10, 1 if args.quick else args.repeats)
+            payload["sweep_overhead"] = {"taken": taken(), **repeated_overhead(4 if args.quick else 10,
+                                                                               1 if args.quick else args.repeats)}
         if "sweep200" in parts:
-            payload["sweep200"] = many_short_trials(40 if args.quick else 200, 0.2, 1 if args.quick else args.repeats)
+            payload["sweep200"] = {"taken": taken(), **many_short_trials(40 if args.quick else 200, 0.2,
+                                                                         1 if args.quick else args.repeats)}
         if "diffusion" in parts:
             budget = trials * per_trial
             results = {"random": [], "optuna": [], "bilevel": []}
@@ -525,7 +541,8 @@ def main() -> None:
         ray.shutdown()
     if "diffusion_tpe" in parts:  # its own processes, each with its own Ray, after ours is gone
         if (ROOT / "jobs" / "sweep_diffusion_tpe.yaml").exists():
-            payload["diffusion_tpe"] = tpe_vs_bilevel(trials, per_trial, 1 if args.quick else args.tpe_seeds)
+            payload["diffusion_tpe"] = {"taken": taken(),
+                                        **tpe_vs_bilevel(trials, per_trial, 1 if args.quick else args.tpe_seeds)}
         else:
             print("jobs/sweep_diffusion_tpe.yaml does not exist: diffusion_tpe skipped")
     out = write("tune", payload)
