@@ -15,7 +15,8 @@ def ray_session():
     """One embedded Ray session per test module (start-up costs ~4 s)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+    # address="local": always a new embedded Ray, never a cluster another process left running here.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
              logging_level="ERROR")
     yield ray
     ray.shutdown()

@@ -165,7 +165,7 @@ def test_unrolled_on_mlp_matches_central_differences_of_the_unrolled_map():
 
 # ------------------------------------------------------------ registry
 def test_unknown_estimator_lists_valid_names(quad):
-    with pytest.raises(estimators.UnknownEstimatorError, match="implicit_cg, implicit_neumann, penalty, unrolled"):
+    with pytest.raises(estimators.UnknownEstimatorError, match="finite_difference, implicit_cg, implicit_neumann, penalty, sama, unrolled"):
         hypergradient(quad["problem"], quad["y_star"], quad["x"], None, None, method="darts")
 
 

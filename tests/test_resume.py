@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CMD = [sys.executable, str(ROOT / "launch.py")]
 WALL_CLOCK = re.compile(r"(_s|_per_s|^comm_share)$")
 
-BILEVEL = ["--set", "bilevel.rounds=30", "--set", "bilevel.checkpoint_every=10", "--set", "bilevel.baseline=false"]
+# Actor calls log each round as it ends, so a kill can land with rounds logged past the last
+# checkpoint (the collective loop logs a chunk just before its checkpoint: the window is tiny).
+BILEVEL = ["--set", "bilevel.rounds=30", "--set", "bilevel.checkpoint_every=10", "--set", "bilevel.baseline=false",
+           "--set", "bilevel.round_loop=actor_calls"]
 # Two schedules × 4 epochs: steps 1–4 sync, 5–8 async; one checkpoint per epoch.
 PIPELINE = ["--set", "analog.epochs=4"]
 # Four methods, one phase file each; a few seconds in all.

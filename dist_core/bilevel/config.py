@@ -64,7 +64,21 @@ class Penalty(Strict):
     lr: float | None = Field(None, gt=0.0, description="default: bilevel.lower.lr")
 
 
-MethodSpec = Annotated[Union[ImplicitCG, ImplicitNeumann, Unrolled, Penalty], Field(discriminator="name")]
+class FiniteDifference(Strict):
+    name: Literal["finite_difference"] = Field(
+        description="first order: H⁻¹ ≈ I and a central difference of ∇_λ g along ∇_θ f (betty's darts)")
+    alpha: float = Field(0.01, gt=0.0, description="r: the perturbation θ ± εv has length r, ε = r/‖∇_θ f‖")
+
+
+class Sama(Strict):
+    name: Literal["sama"] = Field(
+        description="SAMA: finite_difference through the lower optimizer's step; the lower learners take "
+                    "plain gradient steps, so the preconditioner is the identity here (betty's SGD case)")
+    alpha: float = Field(1.0, gt=0.0, description="r: the perturbation θ ± εPv has length r, ε = r/‖P∇_θ f‖")
+
+
+MethodSpec = Annotated[Union[ImplicitCG, ImplicitNeumann, Unrolled, Penalty, FiniteDifference, Sama],
+                       Field(discriminator="name")]
 
 
 class BilevelSpec(Strict):
@@ -80,6 +94,10 @@ class BilevelSpec(Strict):
     max_restarts: int = Field(1, ge=0, description="recoveries from a dead actor before failing")
     backend: Literal["ray", "local"] = Field("ray", description="ray: learners are Ray actors; local: the same "
                                                                 "learners in one process")
+    round_loop: Literal["collective", "actor_calls"] = Field(
+        "collective", description="backend ray: collective: the learners exchange parts by all-gather and run "
+                                  "chunks of rounds without the driver; actor_calls: one actor call per hop per "
+                                  "round (same numbers, more overhead)")
     baseline: bool = Field(True, description="also train on unweighted noisy labels, same budget")
 
     def method_options(self) -> dict[str, Any]:
@@ -92,6 +110,9 @@ class BilevelSpec(Strict):
 
 class BilevelResources(ResourcesSpec):
     cpus_per_learner: float = Field(1.0, gt=0, description="CPUs reserved by each lower-learner actor")
+    placement: Literal["pack", "spread", "strict_spread"] = Field(
+        "pack", description="pack: Ray's default scheduling; spread: one placement-group bundle per learner, on "
+                            "different nodes where possible; strict_spread: a distinct node per learner or fail")
 
 
 class BilevelJob(JobBase):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ActorFailure, LearnerError  # noqa: F401  (raised here; the hierarchy lives in the core)
+from ..placement import ActorPlacement, Placement
 from . import tree
 from .learners import Arrays, LowerLearner, UpperLearner
 from .problem import BilevelProblem
@@ -100,6 +101,9 @@ class LocalExecutor:
     def thetas(self) -> list[Arrays]:
         return [lw.theta() for lw in self.lowers]
 
+    def nodes(self) -> list[str]:
+        return []  # not on Ray
+
     def close(self) -> None:
         pass
 
@@ -112,10 +116,11 @@ class RayExecutor:
     λ as its own object, which the next round broadcasts without another actor call.
     """
 
-    def __init__(self, setup: LearnerSetup, cpus_per_learner: float = 1.0):
+    def __init__(self, setup: LearnerSetup, cpus_per_learner: float = 1.0, placement: Placement = "pack"):
         import ray
 
         self.ray, self.setup, self.cpus = ray, setup, cpus_per_learner
+        self.placement = ActorPlacement(placement, setup.k, {"CPU": cpus_per_learner})
         self._spawn(inject_faults=True)
         self._lam_ref = None  # λ for the next round, if the last step produced it
         self._step_ref = None
@@ -127,13 +132,14 @@ class RayExecutor:
         # The upper step is a mean and an optimizer step: it needs no core of its own.
         upper_cls = ray.remote(num_cpus=0, max_restarts=0)(UpperLearner)
         self.lowers = [
-            lower_cls.remote(
+            lower_cls.options(**self.placement.options(i)).remote(
                 s.problem, s.thetas[i], s.lower_batches[i], s.upper_batches[i], s.cfg, s.eval_batch,
                 threads=threads, fail_at_round=s.fail_at.get(i) if inject_faults else None,
             )
             for i in range(s.k)
         ]
         self.upper_actor = upper_cls.remote(s.lam0, s.upper_optimizer, s.upper_lr, threads=1)
+        self.node_ids = self._get([lw.node.remote() for lw in self.lowers], "lower learner start-up")
 
     def _get(self, refs: Any, who: str) -> Any:
         ray = self.ray
@@ -169,7 +175,7 @@ class RayExecutor:
         return Snapshot(round_idx, up, meta, lower)
 
     def restore(self, snap: Snapshot) -> None:
-        self.close()
+        self.close(keep_placement=True)
         self._lam_ref = self._step_ref = None
         self._spawn(inject_faults=False)
         refs = [lw.restore.remote(a) for lw, a in zip(self.lowers, snap.lower)]
@@ -182,6 +188,11 @@ class RayExecutor:
     def thetas(self) -> list[Arrays]:
         return self._get([lw.theta.remote() for lw in self.lowers], "lower learner")
 
-    def close(self) -> None:
+    def nodes(self) -> list[str]:
+        return list(self.node_ids)
+
+    def close(self, keep_placement: bool = False) -> None:
         for actor in [*self.lowers, self.upper_actor]:
             self.ray.kill(actor, no_restart=True)
+        if not keep_placement:
+            self.placement.remove()

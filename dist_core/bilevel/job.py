@@ -68,7 +68,8 @@ def run(job: BilevelJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False,
         lower_learners=k, method=b.method.name, method_options=b.method_options(),
         rounds=b.rounds, inner_steps=b.lower.inner_steps, inner_lr=b.lower.lr,
         upper_lr=upper_lr, upper_optimizer=b.upper.optimizer, eval_batch=eval_batch,
-        backend=b.backend, cpus_per_learner=job.resources.cpus_per_learner,
+        backend=b.backend, round_loop=b.round_loop, cpus_per_learner=job.resources.cpus_per_learner,
+        placement=job.resources.placement,
         checkpoint_every=b.checkpoint_every, on_checkpoint=on_checkpoint, resume_from=resume_from,
         max_restarts=b.max_restarts, on_round=on_round,
         on_recover=lambda r: run_dir.truncate_metrics(r), progress=progress,
@@ -90,21 +91,44 @@ def run(job: BilevelJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False,
         metrics["val_loss_noisy_baseline"] = baseline["val_loss"]
     _plot(run_dir, job, history, baseline)
     latest = run_dir.latest_checkpoint()
-    return JobResult(metrics, str(latest) if latest else None, {"method": b.method.name, "learners": k})
+    return JobResult(metrics, str(latest) if latest else None,
+                     {"method": b.method.name, "learners": k, "learner_nodes": result.nodes})
 
 
 def _baseline(job, problem, thetas, shards, eval_batch, progress: bool) -> dict[str, float]:
-    """The same K models and step budget on unweighted noisy labels (λ = 0: all weights equal)."""
+    """The same K models and step budget on unweighted noisy labels (λ = 0: all weights equal).
+
+    On Ray the K baselines run as parallel tasks of one learner's CPUs each (which also starts the
+    worker processes that the learner actors then take over); locally one after another."""
     from tqdm.auto import tqdm
 
     b = job.bilevel
-    budget = b.rounds * steps_per_round(job)
-    lam = {"_": torch.zeros(b.data.n_train)}
-    results = []
-    for i in tqdm(range(len(thetas)), desc="noisy baseline", disable=not progress, leave=False):
-        state = train_lower_only(problem, LowerState(dict(thetas[i])), lam, shards[i], budget, b.lower.lr)
-        results.append(problem.evaluate(state.theta, None, eval_batch))
+    args = [(problem, thetas[i], shards[i], b.data.n_train, b.rounds * steps_per_round(job), b.lower.lr, eval_batch)
+            for i in range(len(thetas))]
+    bar = tqdm(total=len(thetas), desc="noisy baseline", disable=not progress, leave=False)
+    if b.backend == "ray":
+        import ray
+
+        task = ray.remote(num_cpus=job.resources.cpus_per_learner)(_baseline_learner)
+        refs = [task.remote(*a) for a in args]
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+        results = ray.get(refs)
+    else:
+        results = []
+        for a in args:
+            results.append(_baseline_learner(*a))
+            bar.update(1)
+    bar.close()
     return {key: sum(r[key] for r in results) / len(results) for key in results[0]}
+
+
+def _baseline_learner(problem, theta, shard, n_train: int, steps: int, lr: float, eval_batch) -> dict[str, float]:
+    lam = {"_": torch.zeros(n_train)}
+    state = train_lower_only(problem, LowerState(dict(theta)), lam, shard, steps, lr)
+    return problem.evaluate(state.theta, None, eval_batch)
 
 
 def _mean(xs) -> float:

@@ -73,6 +73,12 @@ class LowerLearner:
     def theta(self) -> Arrays:
         return to_arrays(self.state.theta)
 
+    def node(self) -> str:
+        """The Ray node this learner runs on, for the run's summary."""
+        from ..placement import node_id
+
+        return node_id()
+
     def snapshot(self) -> Arrays:
         flat = _prefixed("theta", self.state.theta)
         for name, p in self.state.est_state.items():

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..errors import BilevelRunError  # noqa: F401  (raised here; the hierarchy lives in the core)
 from . import estimators, tree
+from .collective import CollectiveExecutor
 from .executors import ActorFailure, LearnerSetup, LocalExecutor, RayExecutor, Snapshot
 from .learners import to_params
 from .problem import BilevelProblem
 from .rounds import Event, Phase, RoundMachine
 from .step import LowerConfig
 
+log = logging.getLogger("dist_core.bilevel")
 RoundCallback = Callable[[int, dict[str, float]], None]
+ROUND_LOOPS = {"collective": CollectiveExecutor, "actor_calls": RayExecutor}
+CHUNK_S = 1.0  # a chunked executor reports about once a second: progress stays live
 
 
 @dataclass
@@ -23,6 +28,7 @@ class SolveResult:
     thetas: list[tree.ParamsLike]
     history: list[dict[str, float]] = field(default_factory=list)
     restarts: int = 0
+    nodes: list[str] = field(default_factory=list)  # the Ray node of each lower learner (empty: in-process)
 
 
 def _per_learner(value: Any, k: int, name: str) -> list[Any]:
@@ -61,7 +67,9 @@ def solve(
     upper_optimizer: str = "adam",
     eval_batch: Any = None,
     backend: str = "ray",
+    round_loop: str = "collective",
     cpus_per_learner: float = 1.0,
+    placement: str = "pack",
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[Snapshot], None] | None = None,
     resume_from: Snapshot | None = None,
@@ -75,7 +83,10 @@ def solve(
 
     ``theta``/``upper_batches`` may be one value shared by all learners or one per learner.
     ``backend="ray"`` puts each learner on an actor (Ray must be initialised or will be started);
-    ``"local"`` runs the same learners in this process. A learner that dies is recovered from the
+    ``"local"`` runs the same learners in this process. On Ray, ``round_loop="collective"`` (the
+    default) has the learners exchange their parts among themselves and run chunks of rounds without
+    the driver (``collective.py``); ``"actor_calls"`` drives every round through classic actor calls
+    (``executors.RayExecutor``). Both give the same numbers bit for bit. A learner that dies is recovered from the
     last checkpoint (kept in memory, and passed to ``on_checkpoint`` to persist) up to
     ``max_restarts`` times; ``fail_at={learner: round}`` kills one on purpose, for tests.
     """
@@ -97,7 +108,10 @@ def solve(
         fail_at=dict(fail_at or {}),
     )
     if backend == "ray":
-        executor: LocalExecutor | RayExecutor = RayExecutor(setup, cpus_per_learner)
+        if round_loop not in ROUND_LOOPS:
+            raise ValueError(f"unknown round_loop {round_loop!r}; valid: {', '.join(ROUND_LOOPS)}")
+        executor: LocalExecutor | RayExecutor | CollectiveExecutor = ROUND_LOOPS[round_loop](
+            setup, cpus_per_learner, placement)
     elif backend == "local":
         if fail_at:
             raise ValueError("fail_at kills a process: use it with backend='ray' only")
@@ -105,6 +119,8 @@ def solve(
     else:
         raise ValueError(f"unknown backend {backend!r}; valid: local, ray")
 
+    if executor.nodes():
+        log.info("lower learners on nodes %s", ", ".join(executor.nodes()))
     try:
         if resume_from is not None:
             executor.restore(resume_from)
@@ -118,9 +134,40 @@ def solve(
             thetas=[tree.unwrap(to_params(t), theta_was_tensor) for t in executor.thetas()],
             history=history,
             restarts=machine.restarts,
+            nodes=executor.nodes(),
         )
     finally:
         executor.close()
+
+
+def dead_nodes(node_ids: list[str]) -> list[str]:
+    """Which of these Ray nodes the cluster now reports dead (a lost machine, not a lost process)."""
+    if not node_ids:
+        return []
+    import ray
+
+    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    return sorted({n for n in node_ids if n not in alive})
+
+
+def _chunk(machine: RoundMachine, round_s: float) -> int:
+    """Rounds to hand a chunked executor: up to the next checkpoint or the end, about CHUNK_S of
+    work, and a single round first (it measures the round time, start-up included)."""
+    left = machine.rounds - machine.round
+    if machine.checkpoint_every:
+        left = min(left, machine.checkpoint_every - machine.round % machine.checkpoint_every)
+    return max(1, min(left, int(CHUNK_S / round_s) if round_s > 0 else 1))
+
+
+def _finish_round(machine: RoundMachine, history: list[dict], metrics: dict[str, float],
+                  on_round: RoundCallback | None, bar) -> None:
+    metrics["round"] = machine.round + 1
+    history.append(metrics)
+    machine.fire(Event.UPPER_STEPPED)
+    if on_round is not None:
+        on_round(machine.round, metrics)
+    bar.update(1)
+    bar.set_postfix(upper=f"{metrics['upper_loss']:.4f}", refresh=False)
 
 
 def _run(executor, machine: RoundMachine, last: Snapshot, on_round, on_checkpoint, on_recover, progress) -> list[dict]:
@@ -131,6 +178,7 @@ def _run(executor, machine: RoundMachine, last: Snapshot, on_round, on_checkpoin
                mininterval=1.0)
     lower_metrics: list[dict[str, float]] = []
     t0 = time.perf_counter()
+    round_s = 0.0  # a chunked executor's last seen time per round (0: not measured yet)
     while not machine.finished:
         phase = machine.phase
         try:
@@ -138,25 +186,32 @@ def _run(executor, machine: RoundMachine, last: Snapshot, on_round, on_checkpoin
                 t0 = time.perf_counter()
                 executor.broadcast()
                 machine.fire(Event.BROADCASTED)
+            elif phase is Phase.LOWER and getattr(executor, "chunked", False):
+                n = _chunk(machine, round_s)
+                lowers, uppers, wall = executor.run_rounds(machine.round, n)
+                round_s = wall / n
+                for i, (lower_metrics, upper_metrics) in enumerate(zip(lowers, uppers)):
+                    if i:
+                        machine.fire(Event.BROADCASTED)
+                    machine.fire(Event.PARTS_READY)
+                    _finish_round(machine, history, _round_metrics(lower_metrics, upper_metrics, round_s),
+                                  on_round, bar)
             elif phase is Phase.LOWER:
                 lower_metrics = executor.lower(machine.round)
                 machine.fire(Event.PARTS_READY)
             elif phase is Phase.UPPER:
                 upper_metrics = executor.upper()
-                metrics = _round_metrics(lower_metrics, upper_metrics, time.perf_counter() - t0)
-                metrics["round"] = machine.round + 1
-                history.append(metrics)
-                machine.fire(Event.UPPER_STEPPED)
-                if on_round is not None:
-                    on_round(machine.round, metrics)
-                bar.update(1)
-                bar.set_postfix(upper=f"{metrics['upper_loss']:.4f}", refresh=False)
+                _finish_round(machine, history, _round_metrics(lower_metrics, upper_metrics, time.perf_counter() - t0),
+                              on_round, bar)
             elif phase is Phase.CHECKPOINT:
                 last = executor.snapshot(machine.round)
                 if on_checkpoint is not None:
                     on_checkpoint(last)
                 machine.fire(Event.CHECKPOINTED)
             elif phase is Phase.RECOVER:
+                lost = dead_nodes(executor.nodes())
+                log.warning("%s%s; restoring every learner from the checkpoint of round %d", machine.error,
+                            f" (node {', '.join(lost)} is gone)" if lost else "", last.round)
                 executor.restore(last)
                 machine.fire(Event.RECOVERED)
                 history = [h for h in history if h["round"] <= machine.round]
