@@ -45,7 +45,7 @@ CASES = [
     ("corruption out of range", GOOD + "  data:\n    corruption: 1.5\n", [],
      "14: bilevel.data.corruption: must be < 1.0, got 1.5"),
     ("unknown estimator", GOOD.replace("name: penalty", "name: darts"), [],
-     "10: bilevel.method.name: unknown 'darts' (valid: implicit_cg, implicit_neumann, unrolled, penalty)"),
+     "10: bilevel.method.name: unknown 'darts' (valid: implicit_cg, implicit_neumann, unrolled, penalty, finite_difference, sama)"),
     ("option of another estimator", GOOD.replace("gamma: 10.0", "iters: 10"), [],
      "11: bilevel.method.iters: unknown field (valid: name, gamma, steps, lr)"),
     ("unknown optimizer", GOOD.replace("optimizer: adam", "optimizer: rmsprop"), [],
