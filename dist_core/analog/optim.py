@@ -10,17 +10,25 @@ Two ways to turn a desired increment Δ into pulses:
   A = √(lr/(dw_min·BL))·√(max|d|/max|x|), B = √(lr/(dw_min·BL))·√(max|x|/max|d|)
   (``update_management``: A|x_j|, B|d_i| ≤ 1 whenever BL is not capped), in each slot input j fires
   with probability min(A|x_j|, 1) and output i with min(B|d_i|, 1); a coincidence is one pulse, down
-  when x_j·d_i > 0. Then E[Δw_ij] = −lr·x_j·d_i on an ideal device.
+  when x_j·d_i > 0. Then E[Δw_ij] = −lr·x_j·d_i on an ideal device. A mini-batch's pulses reach
+  the weights in one of two orders (``AnalogSGD.pulse_order``): ``per_sample``, aihwkit's, sample
+  by sample and slot by slot (``pulsed_per_sample_update``, a Numba kernel), or ``grouped``, each
+  weight's ups and downs summed over the batch (``pulsed_batch_update``), which differs at second
+  order in dw_min on weight-dependent devices. Both draw the same uniforms for the same inputs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .devices import Device
+
+if TYPE_CHECKING:  # the kernel module imports Numba: loaded on the first per-sample update
+    from .pulse_kernel import KernelDevice
 
 
 def expected_increment(device: Device, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -60,6 +68,36 @@ def pulsed_batch_update(device: Device, w: torch.Tensor, x: torch.Tensor, d: tor
     return device.pulse_counts(w, torch.from_numpy(n_up), torch.from_numpy(n_down))
 
 
+def pulsed_per_sample_update(device: Device, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor, lr: float,
+                             desired_bl: int, rng: np.random.Generator, kernel: KernelDevice | None = None) -> torch.Tensor:
+    """A mini-batch of rank-1 updates (x: n × in, d: n × out) in aihwkit's order: sample by sample,
+    slot by slot, each pulse of the device's size at the weight it finds (``pulse_kernel``).
+
+    Firing probabilities in float64, equal to ``pulse_probabilities``' for float64 inputs, and the
+    same uniform draw as ``pulsed_batch_update``: given the same generator state both modes fire the
+    same lines, and differ only in how the coincidences reach the weights. With cycle-to-cycle noise
+    one normal per pulse is drawn after the uniforms. ``kernel``: ``kernel_device(device, w.shape)``,
+    cached by the caller (AnalogSGD does)."""
+    from .pulse_kernel import apply_pulse_trains, kernel_device, managed_probabilities, pulse_count  # Numba: on first use
+
+    if w.dim() != 2 or x.dim() != 2 or d.dim() != 2:
+        raise ValueError(f"per-sample pulses need w: out × in, x: n × in, d: n × out; got {tuple(w.shape)}, "
+                         f"{tuple(x.shape)}, {tuple(d.shape)}")
+    out = d.shape[1]
+    dx = np.concatenate([d.detach().cpu().numpy(), x.detach().cpu().numpy()], 1, dtype=np.float64)
+    prob, bl = managed_probabilities(dx, out, float(lr), float(device.params.dw_min), int(desired_bl))
+    u = rng.random((len(dx), int(bl.max()), dx.shape[1]), dtype=np.float32)
+    k = kernel or kernel_device(device, w.shape)
+    normals = rng.standard_normal(pulse_count(u, prob, bl, out)) if k.noise_std else _NO_NORMALS
+    new = w.detach().cpu().numpy().copy()
+    apply_pulse_trains(new, u, prob, bl, dx, out, k.kind, k.dw_up, k.dw_down, k.slope_up,
+                       k.slope_down, k.gamma_up, k.gamma_down, k.b_min, k.b_max, k.noise_std, normals)
+    return torch.from_numpy(new).to(w.device)
+
+
+_NO_NORMALS = np.zeros(0)
+
+
 def sample_pulse_trains(dx: np.ndarray, out: int, lr: float, dw_min: float, desired_bl: int,
                         rng: np.random.Generator) -> np.ndarray:
     """Which lines fire in which slot: bool, n × slots × (out + in), for dx = [d | x] (n × (out + in)).
@@ -67,6 +105,18 @@ def sample_pulse_trains(dx: np.ndarray, out: int, lr: float, dw_min: float, desi
     Only max(BL) slots are drawn, not ``desired_bl``: BL = min(⌈lr·max|x|·max|d|/dw_min⌉, desired_bl)
     is often a few slots, and slots at or beyond a sample's own BL never fire. Both sides come from
     one uniform draw (one call; every bit is still independent)."""
+    prob, bl = pulse_probabilities(dx, out, lr, dw_min, desired_bl)
+    lo, hi = int(bl.min()), int(bl.max())
+    fire = rng.random((len(dx), hi, dx.shape[1]), dtype=np.float32) < prob[:, None, :]
+    if lo < hi:  # per-sample BL: silence slots s ≥ BL_b
+        fire &= (np.arange(hi)[None, :] < bl)[:, :, None]
+    return fire
+
+
+def pulse_probabilities(dx: np.ndarray, out: int, lr: float, dw_min: float,
+                        desired_bl: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each line's firing probability per slot (n × (out + in); may exceed 1: always fires) and each
+    sample's bit length BL (n × 1, float), for dx = [d | x] (module docstring)."""
     prob = np.abs(dx)
     d_max = np.maximum(prob[:, :out].max(1, keepdims=True), 1e-30)
     x_max = np.maximum(prob[:, out:].max(1, keepdims=True), 1e-30)
@@ -77,11 +127,7 @@ def sample_pulse_trains(dx: np.ndarray, out: int, lr: float, dw_min: float, desi
     a = np.sqrt(scale * d_max / x_max)
     prob[:, :out] *= scale / a
     prob[:, out:] *= a
-    lo, hi = int(bl.min()), int(bl.max())
-    fire = rng.random((len(dx), hi, dx.shape[1]), dtype=np.float32) < prob[:, None, :]
-    if lo < hi:  # per-sample BL: silence slots s ≥ BL_b
-        fire &= (np.arange(hi)[None, :] < bl)[:, :, None]
-    return fire
+    return prob, bl
 
 
 def coincidences(fire: np.ndarray, signs: np.ndarray, out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +145,9 @@ def coincidences(fire: np.ndarray, signs: np.ndarray, out: int) -> tuple[np.ndar
     return (total - net) * 0.5, (total + net) * 0.5
 
 
+PULSE_ORDERS = ("grouped", "per_sample")
+
+
 @dataclass
 class AnalogSGD:
     """W ← W ⊕ (−lr·∇f): plain SGD whose every update goes through the device."""
@@ -108,11 +157,17 @@ class AnalogSGD:
     mode: str = "expected"  # or "pulsed" (rank-1 updates via ``step_outer``)
     desired_bl: int = 31
     seed: int = 0
+    # pulsed ``step_batch``: "grouped" sums each weight's pulses over the batch (ups, then downs);
+    # "per_sample" applies each sample's trains in order, slot by slot, as aihwkit does
+    pulse_order: str = "grouped"
 
     def __post_init__(self) -> None:
         if self.mode not in ("expected", "pulsed"):
             raise ValueError(f"mode must be 'expected' or 'pulsed', got {self.mode!r}")
+        if self.pulse_order not in PULSE_ORDERS:
+            raise ValueError(f"pulse_order must be one of {', '.join(PULSE_ORDERS)}, got {self.pulse_order!r}")
         self._rng = np.random.default_rng(self.seed)
+        self._kernels: dict[tuple, KernelDevice] = {}
 
     def step(self, w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if self.mode != "expected":
@@ -120,10 +175,21 @@ class AnalogSGD:
         return expected_increment(self.device, w, -self.lr * grad)
 
     def step_batch(self, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """A mini-batch of rank-1 updates (x: n × in, d: n × out), pulses grouped per weight."""
+        """A mini-batch of rank-1 updates (x: n × in, d: n × out), pulses in ``pulse_order``."""
         if self.mode == "expected":
             return expected_increment(self.device, w, -self.lr * d.T @ x)
+        if self.pulse_order == "per_sample":
+            return pulsed_per_sample_update(self.device, w, x, d, self.lr, self.desired_bl, self._rng, self._kernel(w.shape))
         return pulsed_batch_update(self.device, w, x, d, self.lr, self.desired_bl, self._rng)
+
+    def _kernel(self, shape: torch.Size) -> KernelDevice:
+        """The device's constants as the kernel reads them, once per shape (they never change)."""
+        key = tuple(shape)
+        if key not in self._kernels:
+            from .pulse_kernel import kernel_device
+
+            self._kernels[key] = kernel_device(self.device, shape)
+        return self._kernels[key]
 
     def step_outer(self, w: torch.Tensor, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """The gradient d·xᵀ of a linear layer (batch rows summed one by one, as on the crossbar)."""
