@@ -9,6 +9,8 @@ only, with ``pip install --no-deps --ignore-requires-python betty-ml==0.2.1`` (p
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
@@ -19,8 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median, write  # noqa: E402
-from dist_core.bilevel import hypergradient, solve  # noqa: E402
+from bench.common import RESULTS, commit, median, write  # noqa: E402
+from dist_core.bilevel import estimators, hypergradient, solve  # noqa: E402
+from dist_core.bilevel.step import LowerConfig, LowerState, lower_round  # noqa: E402
+from dist_core.bilevel.tasks import betty_regression as br  # noqa: E402
 from dist_core.bilevel.tasks import hyper_cleaning as hc  # noqa: E402
 from dist_core.bilevel.tasks import quadratic  # noqa: E402
 
@@ -38,16 +42,21 @@ def bench_estimators(d: int = 200, repeats: int = 5) -> list[dict]:
         ("unrolled", dict(steps=20, lr=1.0 / lmax, truncate=5)),
         ("penalty", dict(gamma=10.0, steps=200, lr=0.5 / lmax)),
         ("penalty", dict(gamma=100.0, steps=2000, lr=0.5 / lmax)),
+        # First order, H⁻¹ ≈ I: the error below is that bias (exact only when ∇²_θθ g = I).
+        ("finite_difference", dict(alpha=0.01)),
+        ("sama", dict(alpha=1.0)),
     ]
     rows = []
     for method, opts in settings:
+        load = os.getloadavg()[0]
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             g = hypergradient(problem, y_star, x, None, None, method=method, **opts)
             times.append(time.perf_counter() - t0)
         rows.append({"method": method, "options": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in opts.items()},
-                     "ms": 1e3 * median(times), "rel_error": float((g - exact).norm() / exact.norm())})
+                     "ms": 1e3 * median(times), "rel_error": float((g - exact).norm() / exact.norm()),
+                     "load_1min": load})
     return rows
 
 
@@ -57,6 +66,8 @@ QUICK_METHODS = {
     "implicit_neumann": dict(iters=20, alpha=0.5),
     "unrolled": dict(steps=10, lr=0.5),
     "penalty": dict(gamma=10.0, steps=10, lr=0.5),
+    "finite_difference": dict(alpha=0.01),
+    "sama": dict(alpha=1.0),
 }
 
 
@@ -65,12 +76,13 @@ def bench_quickstart_rounds(rounds: int = 30) -> list[dict]:
     problem = hc.make_problem(1e-2)
     rows = []
     for method, opts in QUICK_METHODS.items():
+        load = os.getloadavg()[0]
         r = solve(problem, [hc.init_model(64, 0, i) for i in range(2)], torch.full((1000,), 2.0), hc.shards(data, 2),
                   {"x": data.x_val, "y": data.y_val}, lower_learners=2, method=method, method_options=opts,
                   rounds=rounds, inner_steps=10 if method == "unrolled" else 20, inner_lr=0.5, upper_lr=0.3,
                   backend="local")
         rows.append({"method": method, "round_ms": 1e3 * median(h["round_s"] for h in r.history[1:]),
-                     "val_loss_end": r.history[-1]["upper_loss"]})
+                     "val_loss_end": r.history[-1]["upper_loss"], "load_1min": load})
     return rows
 
 
@@ -89,11 +101,11 @@ def scale_setup(npz: Path, n_train: int, hidden: int):
     return data, hc.make_problem(1e-3), data.x_train.shape[1]
 
 
-def run_ours(data, problem, n_features, hidden, k, backend, rounds, inner, cg_iters, cpus):
+def run_ours(data, problem, n_features, hidden, k, backend, rounds, inner, cg_iters, cpus, round_loop="collective"):
     r = solve(problem, [hc.init_model(n_features, hidden, i) for i in range(k)], torch.full((len(data.y_noisy),), 2.0),
               hc.shards(data, k), {"x": data.x_val, "y": data.y_val}, lower_learners=k, method="implicit_cg",
               method_options=dict(iters=cg_iters), rounds=rounds, inner_steps=inner, inner_lr=0.5, upper_lr=0.3,
-              backend=backend, cpus_per_learner=cpus)
+              backend=backend, cpus_per_learner=cpus, round_loop=round_loop)
     steady = r.history[1:]  # the first round pays for actor start-up and warm caches
     return {"round_s": median(h["round_s"] for h in steady), "comm_share": median(h["comm_share"] for h in steady),
             "val_loss_end": r.history[-1]["upper_loss"]}
@@ -171,10 +183,17 @@ def compare_paths(data, problem, nf: int, hidden: int, rounds: int, inner: int, 
     rows = {}
     rows["one process, K=1 (2 threads)"] = run_ours(data, problem, nf, hidden, 1, "local", rounds, inner, cg_iters, 2)
     rows["one process, K=2 (2 threads)"] = run_ours(data, problem, nf, hidden, 2, "local", rounds, inner, cg_iters, 2)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         rows["Ray actors, K=1 (2 CPUs)"] = run_ours(data, problem, nf, hidden, 1, "ray", rounds, inner, cg_iters, 2)
-        rows["Ray actors, K=2 (1 CPU each)"] = run_ours(data, problem, nf, hidden, 2, "ray", rounds, inner, cg_iters, 1)
+        # The default round loop (learners all-gather their parts; the driver hands out chunks of
+        # rounds) and the classic one (four actor hops per round), alternating twice.
+        for repeat in range(2):
+            for loop, name in (("collective", "Ray actors, K=2 (1 CPU each)"),
+                               ("actor_calls", "Ray actors, K=2 (1 CPU each), actor calls")):
+                row = run_ours(data, problem, nf, hidden, 2, "ray", rounds, inner, cg_iters, 1, loop)
+                if name not in rows or row["round_s"] < rows[name]["round_s"]:
+                    rows[name] = row  # the better of two: a busy spell hits one repeat, not the code
     finally:
         ray.shutdown()
     try:
@@ -202,14 +221,104 @@ def bench_paths(quick: bool) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- 4. memory of one hypergradient against T
+MEMORY_ARMS = [  # (label, method, options; unrolled takes its T steps itself)
+    ("implicit_cg", "implicit_cg", dict(iters=20)),
+    ("implicit_neumann", "implicit_neumann", dict(iters=20, alpha=0.1)),
+    ("penalty", "penalty", dict(gamma=10.0, steps=10, lr=0.1)),
+    ("finite_difference", "finite_difference", dict(alpha=0.01)),
+    ("sama", "sama", dict(alpha=1.0)),
+    ("unrolled", "unrolled", dict(lr=0.1)),
+    ("unrolled, truncate 10", "unrolled", dict(lr=0.1, truncate=10)),
+]
+
+
+def peak_tensor_bytes(fn) -> tuple[int, float]:
+    """Peak of (allocated − freed) bytes on torch's CPU allocator while ``fn`` runs, and its wall time.
+
+    The allocator's own events, recorded by ``torch.profiler`` with ``profile_memory=True``: every
+    tensor allocation and free, in order. Tensors made before the call (the problem's matrices) are
+    not counted; Python objects and the profiler's own bookkeeping are not tensor memory.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in events:
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak, wall
+
+
+def bench_memory(n: int = 4000, dim: int = 500, inner: tuple[int, ...] = (10, 100, 1000)) -> dict:
+    """One lower-learner round (T inner steps, then the estimate) on betty's regression problem at
+    n × dim (float32). Logistic regression, not the quadratic: a linear step map lets reverse mode
+    keep nothing per step, which would hide what unrolling costs."""
+    data = br.make_data(0, n=n, dim=dim)
+    problem = br.make_problem()
+    batches = (data.x_train, data.y_train), (data.x_val, data.y_val)
+    rows = []
+    for label, method, opts in MEMORY_ARMS:
+        for t in inner:
+            unrolled = method == "unrolled"
+            o = dict(opts, steps=t) if unrolled else opts
+            cfg = LowerConfig(method, estimators.make_options(method, **o), 0 if unrolled else t, 0.1)
+            state = LowerState({"_": torch.zeros(dim)})
+            lam = {"_": torch.ones(dim)}
+            load = os.getloadavg()[0]
+            peak, wall = peak_tensor_bytes(lambda: lower_round(problem, state, lam, *batches, cfg))
+            rows.append({"arm": label, "method": method, "options": o, "inner_steps": t, "peak_bytes": peak,
+                         "wall_s": wall, "load_1min": load})
+            print(f"memory: {label}, T={t}: {peak / 1024:.1f} KiB, {wall:.2f} s (load {load:.1f})", flush=True)
+    return {"problem": {"task": "betty_regression", "n_train": n // 2, "dim": dim, "dtype": "float32",
+                        "theta_bytes": 4 * dim, "batch_bytes": 4 * (n // 2) * (dim + 1),
+                        "method": "torch.profiler CPU allocator events (profile_memory=True), peak above the start"},
+            "rows": rows}
+
+
+PARTS = {  # JSON key -> (CLI name, function of the parsed args)
+    "estimators_quadratic_d200": ("estimators", lambda a: bench_estimators()),
+    "quickstart_round_by_method": ("quickstart", lambda a: bench_quickstart_rounds()),
+    "paths": ("paths", lambda a: bench_paths(a.quick)),
+    "memory_vs_inner_steps": ("memory", lambda a: bench_memory()),
+}
+HEADER = ("benchmark", "date", "commit", "machine")
+
+
+def merge_write(name: str, parts: dict) -> Path:
+    """Replace ``parts`` in the result file and keep the others, with each part's date and commit."""
+    path = RESULTS / f"{name}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    runs = old.pop("part_runs", {})
+    kept = {k: v for k, v in old.items() if k not in HEADER}
+    for key in kept:  # parts written before per-part records existed inherit the file's header
+        runs.setdefault(key, {"date": old.get("date"), "commit": old.get("commit")})
+    now = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit()}
+    runs.update({key: dict(now) for key in parts})
+    return write(name, {**kept, **parts, "part_runs": runs})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    ap.add_argument("--parts", default=",".join(n for n, _ in PARTS.values()),
+                    help="comma-separated parts to run (the others are kept from the result file): "
+                         + ", ".join(n for n, _ in PARTS.values()))
     args = ap.parse_args()
-    est = bench_estimators()
-    quick = bench_quickstart_rounds()
-    paths = bench_paths(args.quick)
-    out = write("bilevel", {"estimators_quadratic_d200": est, "quickstart_round_by_method": quick, "paths": paths})
+    chosen = set(args.parts.split(","))
+    unknown = chosen - {n for n, _ in PARTS.values()}
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(sorted(unknown))}")
+    results = {key: fn(args) for key, (cli, fn) in PARTS.items() if cli in chosen}
+    out = merge_write("bilevel", results)
+    doc = json.loads(out.read_text())
+    est, quick, paths = (doc.get(k, []) for k in ("estimators_quadratic_d200", "quickstart_round_by_method", "paths"))
+    paths = paths or {}
     print("| estimator | options | ms / hypergradient | rel. error |")
     print("|---|---|---|---|")
     for r in est:
@@ -229,6 +338,13 @@ def main() -> None:
                 continue
             share = f"{100 * r['comm_share']:.1f}%" if "Ray" in name else "–"
             print(f"| {name} | {1e3 * r['round_s']:.1f} | {base / r['round_s']:.2f}× | {share} |")
+    mem = doc.get("memory_vs_inner_steps")
+    if mem:
+        print(f"\npeak tensor memory of one round, {mem['problem']} ")
+        print("| estimator | T | peak KiB | ms |")
+        print("|---|---|---|---|")
+        for r in mem["rows"]:
+            print(f"| {r['arm']} | {r['inner_steps']} | {r['peak_bytes'] / 1024:.1f} | {1e3 * r['wall_s']:.1f} |")
     print(f"\nwrote {out}")
 
 
