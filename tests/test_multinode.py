@@ -9,6 +9,7 @@ node, and that ``kill_node`` takes exactly one worker down (the others keep serv
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,23 +94,102 @@ def test_three_nodes_and_pinned_tasks(cluster):
         assert got["ran_on"][name] == owner(nodes, name), name
 
 
+# ------------------------------------------------------------------ bilevel learners over nodes
+
+NODE_OF = r"""
+import json, sys
+import ray
+
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+names = ("head", "worker1", "worker2")
+print(json.dumps({n["NodeID"]: next((k for k in n["Resources"] if k in names), "?") for n in ray.nodes()}))
+"""
+# Long enough (a few seconds of rounds) to lose a node between two checkpoints.
+BILEVEL_SPREAD = ["--set", "bilevel.rounds=200", "--set", "bilevel.checkpoint_every=25", "--set", "bilevel.baseline=false",
+                  "--set", "resources.placement=spread", "--no-progress"]
+
+
+def node_names(cluster) -> dict[str, str]:
+    proc = subprocess.run([sys.executable, "-c", NODE_OF, cluster.gcs_address], env=cluster.env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def learner_nodes_logged(run_dir: Path) -> list[str]:
+    log = run_dir / "run.log"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if "lower learners on nodes" in line:
+            return [n.strip() for n in line.split("lower learners on nodes", 1)[1].split(",")]
+    return []
+
+
+def test_bilevel_learners_spread_and_survive_a_lost_node(cluster, tmp_path):
+    """Learners spread over nodes (one per 1-CPU node); the node of one is SIGKILLed after the
+    first checkpoint; the run rolls every learner back to that checkpoint on the nodes left and
+    ends with the same numbers as an undisturbed in-process run, each round recorded once.
+    Runs before the test that kills worker2, with all three nodes up."""
+    import time
+
+    out = tmp_path / "runs"
+    cmd = [sys.executable, str(ROOT / "launch.py"), "run", "jobs/quickstart.yaml", "--address", cluster.gcs_address,
+           "--out", str(out), *BILEVEL_SPREAD]
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir, nodes, deadline = None, [], time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        run_dir = next(iter(out.glob("quickstart-*")), None)
+        nodes = learner_nodes_logged(run_dir) if run_dir else []
+        if nodes and list((run_dir / "checkpoints").glob("*")):
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the run ended before a node could be lost: " + driver.stdout.read()[-2000:]
+    assert len(set(nodes)) == 2, f"learners not spread over two nodes: {nodes}"
+    names = node_names(cluster)
+    victim = next(names[n] for n in nodes if names[n] != "head")
+    assert cluster.kill_node(victim) > 0
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output[-3000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["metrics"]["restarts"] == 1
+    assert victim not in {names.get(n) for n in summary["learner_nodes"]}  # rescheduled off the lost node
+    rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == list(range(1, 201))
+    log = (run_dir / "run.log").read_text()
+    assert "is gone" in log and re.search(r"restored every learner from the checkpoint of round \d+", log)
+
+    reference = subprocess.run([sys.executable, str(ROOT / "launch.py"), "run", "jobs/quickstart.yaml",
+                                "--out", str(tmp_path / "ref"), *BILEVEL_SPREAD, "--set", "bilevel.backend=local"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300,
+                               # One thread: two threads beside the cluster's processes oversubscribe 2 cores.
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-2000:]
+    ref = json.loads(next((tmp_path / "ref").glob("quickstart-*/summary.json")).read_text())
+    for key in ("val_loss", "test_acc", "corruption_f1"):
+        assert abs(summary["metrics"][key] - ref["metrics"][key]) < 1e-5, key
+
+
 def test_kill_node_takes_down_exactly_that_worker(cluster):
     from dist_core.errors import ClusterError
 
     with pytest.raises(ClusterError, match="not a worker node"):
         cluster.kill_node("head")
-    worker2 = cluster.nodes["worker2"]
-    raylet2 = [p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"
-               and any(str(worker2.temp_dir) in a for a in p.info["cmdline"] or [])]
-    assert len(raylet2) == 1
-    assert cluster.kill_node("worker2") >= 3  # its ray start, raylet and agents at least
-    assert not raylet2[0].is_running() or raylet2[0].status() == psutil.STATUS_ZOMBIE
-    assert not cluster.nodes["worker2"].alive()
-    got = drive(cluster, ["head", "worker1"], wait_dead="worker2")
+    # The bilevel test above may already have lost one worker: take down one that is still up.
+    victim = next(w for w in ("worker2", "worker1") if cluster.nodes[w].alive())
+    left = [w for w in ("worker1", "worker2") if w != victim and cluster.nodes[w].alive()]
+    node = cluster.nodes[victim]
+    raylet = [p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"
+              and any(str(node.temp_dir) in a for a in p.info["cmdline"] or [])]
+    assert len(raylet) == 1
+    assert cluster.kill_node(victim) >= 3  # its ray start, raylet and agents at least
+    assert not raylet[0].is_running() or raylet[0].status() == psutil.STATUS_ZOMBIE
+    assert not cluster.nodes[victim].alive()
+    got = drive(cluster, ["head", *left], wait_dead=victim)
     nodes = got["nodes"]
-    assert sorted(n["custom"][0] for n in nodes.values()) == ["head", "worker1"]
-    assert got["ran_on"]["worker1"] == owner(nodes, "worker1")
-    assert cluster.nodes["head"].alive() and cluster.nodes["worker1"].alive()
+    assert sorted(n["custom"][0] for n in nodes.values()) == ["head", *left]
+    for w in left:
+        assert got["ran_on"][w] == owner(nodes, w)
+    assert cluster.nodes["head"].alive() and all(cluster.nodes[w].alive() for w in left)
 
 
 def test_stop_sweeps_only_ray_temp_dirs(tmp_path):

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ActorFailure, LearnerError
 from ..placement import ActorPlacement, Placement
-from .executors import LearnerSetup, Snapshot
+from .executors import LearnerSetup, Snapshot, settle
 from .learners import Arrays, LowerLearner, UpperLearner
 
 RoundOut = tuple[dict[str, float], dict[str, float]]  # (this learner's metrics, the upper step's)
@@ -52,6 +52,12 @@ def unpack(flat: torch.Tensor, layout: list[tuple[str, tuple[int, ...], np.dtype
         out[key] = values[at:at + n].reshape(shape).astype(dtype)
         at += n
     return out
+
+
+def broken_group(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because a peer went away (gloo's transport errors)."""
+    text = str(error)
+    return type(error).__name__ in ("DistBackendError", "DistNetworkError") or "gloo/transport" in text
 
 
 class GroupLearner:
@@ -138,7 +144,7 @@ class CollectiveExecutor:
                                   s.fail_at.get(rank) if inject_faults else None) for rank in range(s.k)]
         address = self._get(self.actors[0].rendezvous.remote(), "lower learner 0 at start-up")
         self.node_ids = self._get([a.join.remote(address, self.timeout_s) for a in self.actors],
-                                  "lower learner {i} joining the process group")
+                                  "lower learner {i} at start-up (joining the process group)")
 
     def _get(self, refs: Any, who: str) -> Any:
         """``ray.get`` that fails on the first error: a dead learner leaves the others blocked in
@@ -158,6 +164,11 @@ class CollectiveExecutor:
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if getattr(e, "cause", None) is not None else e
             first = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+            if broken_group(cause):
+                # A peer died mid-collective: the survivors' all_gather fails, often before Ray
+                # reports the death itself. That is a lost learner, not a bug in this one.
+                raise ActorFailure(f"{who.format(i=index[done[0]])}: its process group broke, a peer learner "
+                                   f"died ({first})") from e
             raise LearnerError(f"{who.format(i=index[done[0]])} raised {type(cause).__name__}: {first}",
                                str(e)) from None
 
@@ -180,6 +191,7 @@ class CollectiveExecutor:
         return Snapshot(round_idx, upper, meta, [lower for lower, _ in snaps])
 
     def restore(self, snap: Snapshot) -> None:
+        settle(self.actors)
         self.close(keep_placement=True)
         self._spawn(inject_faults=False)
         self._get([a.restore.remote(low, snap.upper, snap.upper_meta) for a, low in zip(self.actors, snap.lower)],

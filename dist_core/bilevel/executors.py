@@ -108,6 +108,22 @@ class LocalExecutor:
         pass
 
 
+SETTLE_TIMEOUT_S = 60.0
+
+
+def settle(actors: list, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+    """Wait until each actor is known alive or dead before replacements are placed.
+
+    When a node is lost, the peers of its learners notice (a broken collective, a dead actor)
+    seconds before Ray declares the node dead; a replacement placed in that window can land on the
+    dying node's placement-group bundle and die with it. An actor that answers is alive; one whose
+    ping fails is dead; one that does neither is on a node Ray has not given up yet, so wait."""
+    import ray
+
+    pings = [a.__ray_ready__.remote() for a in actors]
+    ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
+
+
 class RayExecutor:
     """One ``UpperLearner`` actor and K ``LowerLearner`` actors.
 
@@ -139,7 +155,7 @@ class RayExecutor:
             for i in range(s.k)
         ]
         self.upper_actor = upper_cls.remote(s.lam0, s.upper_optimizer, s.upper_lr, threads=1)
-        self.node_ids = self._get([lw.node.remote() for lw in self.lowers], "lower learner start-up")
+        self.node_ids = self._get([lw.node.remote() for lw in self.lowers], "lower learner at start-up")
 
     def _get(self, refs: Any, who: str) -> Any:
         ray = self.ray
@@ -175,6 +191,7 @@ class RayExecutor:
         return Snapshot(round_idx, up, meta, lower)
 
     def restore(self, snap: Snapshot) -> None:
+        settle([*self.lowers, self.upper_actor])
         self.close(keep_placement=True)
         self._lam_ref = self._step_ref = None
         self._spawn(inject_faults=False)

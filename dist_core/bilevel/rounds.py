@@ -4,7 +4,7 @@
                                      │ a learner died      │
                                      ▼                     ▼
                                   RECOVER (roll every learner back to the last checkpoint) ─▶ BROADCAST
-                                     │ restarts exhausted
+                                     │ restarts exhausted (a failed recovery counts as one more)
                                      ▼
                                    FAILED
 
@@ -116,4 +116,7 @@ _TRANSITIONS = {
     (Phase.CHECKPOINT, Event.CHECKPOINTED): _checkpointed,
     (Phase.CHECKPOINT, Event.ACTOR_DIED): RoundMachine._died,
     (Phase.RECOVER, Event.RECOVERED): _recovered,
+    # A replacement that dies while the group is restored (its node going down too) is one more
+    # failure: another recovery while restarts remain.
+    (Phase.RECOVER, Event.ACTOR_DIED): RoundMachine._died,
 }

@@ -140,6 +140,25 @@ def solve(
         executor.close()
 
 
+RESTORE_ATTEMPTS = 3
+
+
+def _restore(executor, snap: Snapshot) -> None:
+    """Replace the learners and load ``snap``, retrying a replacement that dies at start-up.
+
+    A lost node's peers notice it before Ray declares the node dead, so a replacement can still be
+    placed on the dying node's bundle; it dies with it, and by then Ray has moved the bundle. Such
+    a start-up death is retried here without counting as a restart; any other failure is one."""
+    for attempt in range(1, RESTORE_ATTEMPTS + 1):
+        try:
+            executor.restore(snap)
+            return
+        except ActorFailure as e:
+            if attempt == RESTORE_ATTEMPTS or "start-up" not in str(e):
+                raise
+            log.info("replacement learners died at start-up (%s); placing them again", e)
+
+
 def dead_nodes(node_ids: list[str]) -> list[str]:
     """Which of these Ray nodes the cluster now reports dead (a lost machine, not a lost process)."""
     if not node_ids:
@@ -209,10 +228,12 @@ def _run(executor, machine: RoundMachine, last: Snapshot, on_round, on_checkpoin
                     on_checkpoint(last)
                 machine.fire(Event.CHECKPOINTED)
             elif phase is Phase.RECOVER:
-                lost = dead_nodes(executor.nodes())
-                log.warning("%s%s; restoring every learner from the checkpoint of round %d", machine.error,
-                            f" (node {', '.join(lost)} is gone)" if lost else "", last.round)
-                executor.restore(last)
+                before = executor.nodes()
+                _restore(executor, last)
+                lost = dead_nodes(before)
+                log.warning("%s%s; restored every learner from the checkpoint of round %d, now on nodes %s",
+                            machine.error, f" (node {', '.join(lost)} is gone)" if lost else "", last.round,
+                            ", ".join(executor.nodes()) or "-")
                 machine.fire(Event.RECOVERED)
                 history = [h for h in history if h["round"] <= machine.round]
                 bar.n = machine.round
