@@ -107,6 +107,8 @@ register(Kind("aimc_toy", "dist_core.analog.config:AimcToyJob", "dist_core.analo
               needs_ray=False, sweep="dist_core.analog.config:TOY_SWEEP"))
 register(Kind("posttrain", "dist_core.posttrain.config:PosttrainJob", "dist_core.posttrain.job:run",
               sweep="dist_core.posttrain.config:SWEEP"))
+register(Kind("distill", "dist_core.distill.config:DistillJob", "dist_core.distill.job:run",
+              sweep="dist_core.distill.config:SWEEP"))
 register(Kind("multiobjective", "dist_core.multiobjective.config:MultiObjectiveJob", "dist_core.multiobjective.job:run"))
 register(Kind("bl_just", "dist_core.bljust.config:BLJustJob", "dist_core.bljust.job:run", needs_ray=False,
               sweep="dist_core.bljust.config:SWEEP"))

@@ -86,24 +86,44 @@ def absolute(job: PosttrainJob) -> PosttrainJob:
 
 
 def _fit(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tuple[float, float] | None,
-         model_dir: Path, progress: bool) -> dict[str, Any]:
-    """One TorchTrainer run; returns the final metrics and copies the exported model for the main phase."""
+         model_dir: Path, progress: bool, export_to: Path | None = None) -> dict[str, Any]:
+    """One TorchTrainer run; returns the final metrics and copies the exported model for the main phase
+    (to ``model/`` in the run directory, or to ``export_to``)."""
+    from .worker import train_loop
+
+    sink = MetricsSink.remote()
+    cfg = {"job": job.model_dump(mode="json"), "method": method, "phase": phase, "optima": optima,
+           "model_dir": str(model_dir), "ref_cache": str(reference_cache_dir()), "sink": sink}
+    if export_to is None and phase == "main":
+        export_to = run_dir.path / "model"
+    return fit_workers(train_loop, cfg, sink, run_dir, phase, total_steps(job), f"{phase} ({method})",
+                       job.workers, job.cpus_per_worker, job.max_failures, progress, export_to,
+                       postfix=("sft_loss", "dpo_loss"))
+
+
+def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phase: str, total: int, desc: str,
+                workers: int, cpus_per_worker: float, max_failures: int, progress: bool,
+                export_to: Path | None = None, postfix: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run ``loop`` on a ``TorchTrainer`` (gloo) while draining ``sink`` into ``metrics.jsonl``.
+
+    Returns the ``final.json`` of the last checkpoint; its ``model/`` is copied to ``export_to`` if given.
+    Any kind whose workers end with ``worker.export_model`` can use it.
+    """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from tqdm import tqdm
 
-    from .worker import train_loop
-
-    _check_fits(job)
-    sink = MetricsSink.remote()
-    cfg = {"job": job.model_dump(mode="json"), "method": method, "phase": phase, "optima": optima,
-           "model_dir": str(model_dir), "ref_cache": str(reference_cache_dir()), "sink": sink}
+    try:
+        check_fits(workers, cpus_per_worker)
+    except RunError:
+        ray.kill(sink)
+        raise
     trainer = TorchTrainer(
-        train_loop, train_loop_config=cfg, torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=False,
-                                     resources_per_worker={"CPU": job.cpus_per_worker}),
+        loop, train_loop_config=cfg, torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=phase, storage_path=str((run_dir.path / "train").resolve()),
-                             failure_config=FailureConfig(max_failures=job.max_failures)))
+                             failure_config=FailureConfig(max_failures=max_failures)))
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -114,14 +134,14 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tu
 
     thread = threading.Thread(target=target, name=f"fit-{phase}", daemon=True)
     thread.start()
-    bar = tqdm(total=total_steps(job), desc=f"{phase} ({method})", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
     while thread.is_alive():
         thread.join(timeout=1.0)
         for record in ray.get(sink.drain.remote()):
             run_dir.log_metrics(record)
             if "step" in record and "event" not in record:
                 bar.n = record["step"]
-                bar.set_postfix({k: f"{record[k]:.3f}" for k in ("sft_loss", "dpo_loss") if k in record})
+                bar.set_postfix({k: f"{record[k]:.3f}" for k in postfix if k in record})
                 bar.refresh()
             if record.get("event") == "resumed":
                 log.info("%s: resumed at step %d", phase, record["step"])
@@ -134,29 +154,31 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tu
     result = box["result"]
     with result.checkpoint.as_directory() as d:
         final = json.loads(Path(d, "final.json").read_text())
-        if phase == "main":
-            target_dir = run_dir.path / "model"
-            shutil.rmtree(target_dir, ignore_errors=True)
-            shutil.copytree(Path(d, "model"), target_dir)
+        if export_to is not None:
+            tmp = export_to.with_name(export_to.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(Path(d, "model"), tmp)
+            shutil.rmtree(export_to, ignore_errors=True)
+            os.replace(tmp, export_to)
     return final
 
 
-def _check_fits(job: PosttrainJob) -> None:
+def check_fits(workers: int, cpus_per_worker: float) -> None:
     """Ray Train would wait forever for workers the cluster cannot place: say so up front."""
-    need = job.workers * job.cpus_per_worker
+    need = workers * cpus_per_worker
     have = ray.cluster_resources().get("CPU", 0.0)
     if need > have:
-        raise RunError(f"{job.workers} workers x {job.cpus_per_worker} CPUs = {need:g} CPUs, but the cluster has "
+        raise RunError(f"{workers} workers x {cpus_per_worker} CPUs = {need:g} CPUs, but the cluster has "
                        f"{have:g}; lower workers or cpus_per_worker")
 
 
 def _phase(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tuple[float, float] | None,
-           model_dir: Path, progress: bool) -> dict[str, Any]:
+           model_dir: Path, progress: bool, export_to: Path | None = None) -> dict[str, Any]:
     done = run_dir.path / "phases" / f"{phase}.json"
     if done.exists():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
-    final = _fit(job, run_dir, phase, method, optima, model_dir, progress)
+    final = _fit(job, run_dir, phase, method, optima, model_dir, progress, export_to)
     final["wall_s"] = time.perf_counter() - t0
     done.parent.mkdir(exist_ok=True)
     write_json_atomic(done, final)

@@ -116,6 +116,44 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+def frozen_model(model_dir: str, stage: int, micro: int, accum: int, global_batch: int):
+    """A frozen model from ``model_dir`` for no-grad forwards (DPO's reference, a distillation teacher):
+    under ZeRO-3 a DeepSpeed inference engine sharded like the policy, else a whole copy per rank.
+
+    Under ZeRO-3 every rank must run the same number of forwards (parameters are gathered collectively).
+    """
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ref.requires_grad_(False).eval()
+    if stage == 3:
+        cfg = {"train_micro_batch_size_per_gpu": micro, "zero_optimization": {"stage": 3},
+               "steps_per_print": 10**9, "train_batch_size": global_batch, "gradient_accumulation_steps": accum}
+        engine, *_ = deepspeed.initialize(model=ref, config=cfg)
+        engine.eval()
+        return engine
+    return ref
+
+
+def export_model(engine: Any, tok: Any, rank: int, metrics: dict[str, Any]) -> None:
+    """The engine's model as ``save_pretrained`` safetensors (ZeRO-3 shards gathered) with the tokenizer
+    and ``final.json``, reported by rank 0 as the run's last Ray Train checkpoint (``model/``)."""
+    import deepspeed
+    import ray.train
+    from ray.train import Checkpoint
+
+    module = engine.module
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()} if rank == 0 else None
+    with tempfile.TemporaryDirectory() as d:
+        if rank == 0:
+            module.save_pretrained(os.path.join(d, "model"), state_dict=state, safe_serialization=True)
+            tok.save_pretrained(os.path.join(d, "model"))
+            Path(d, "final.json").write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+
+
 class Trainer:
     """The step loop of one rank. ``run()`` returns the final metrics."""
 
@@ -174,19 +212,8 @@ class Trainer:
 
     def _reference_model(self):
         """A frozen copy of the initial model: ZeRO-3-sharded like the policy, else whole per rank."""
-        import deepspeed
-        from transformers import AutoModelForCausalLM
-
-        ref = AutoModelForCausalLM.from_pretrained(self.cfg["model_dir"], dtype=torch.float32)
-        ref.requires_grad_(False).eval()
-        if self.job.deepspeed.zero_optimization.stage == 3:
-            cfg = {"train_micro_batch_size_per_gpu": self.micro, "zero_optimization": {"stage": 3},
-                   "steps_per_print": 10**9, "train_batch_size": self.G,
-                   "gradient_accumulation_steps": self.accum}
-            engine, *_ = deepspeed.initialize(model=ref, config=cfg)
-            engine.eval()
-            return engine
-        return ref
+        return frozen_model(self.cfg["model_dir"], self.job.deepspeed.zero_optimization.stage, self.micro,
+                            self.accum, self.G)
 
     def _forward_fn(self, model):
         def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -283,19 +310,7 @@ class Trainer:
 
     def _export(self, metrics: dict[str, Any]) -> None:
         """The final model as ``save_pretrained`` safetensors, reported by rank 0 as the last checkpoint."""
-        import deepspeed
-        import ray.train
-        from ray.train import Checkpoint
-
-        module = self.engine.module
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            state = {k: v.detach().clone() for k, v in module.state_dict().items()} if self.rank == 0 else None
-        with tempfile.TemporaryDirectory() as d:
-            if self.rank == 0:
-                module.save_pretrained(os.path.join(d, "model"), state_dict=state, safe_serialization=True)
-                self.tok.save_pretrained(os.path.join(d, "model"))
-                Path(d, "final.json").write_text(json.dumps(metrics))
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if self.rank == 0 else None)
+        export_model(self.engine, self.tok, self.rank, metrics)
 
     # ------------------------------------------------------------ the step
     def _emit(self, record: dict[str, Any]) -> None:
