@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
 def run_pipelines() -> list[dict]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:  # best of REPEATS_PIPELINE, interleaved, as for the pulsed rows: the wall times share the machine
         runs = [[pipeline(S, sched) for S in (2, 3, 4) for sched in ("sync", "async")] for _ in range(REPEATS_PIPELINE)]
         return [max(rows, key=lambda r: r["samples_per_s"]) for rows in zip(*runs)]

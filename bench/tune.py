@@ -510,7 +510,7 @@ def main() -> None:
         from bench import sleep_kind
 
         sleep_kind.register()  # before ray.init: it puts the repository root on the workers' PYTHONPATH
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, logging_level="ERROR")
     try:
         if "overhead" in parts:
             payload["overhead"] = [per_trial_overhead(4 if args.quick else 10, reuse) for reuse in (False, True)]
