@@ -116,9 +116,11 @@ def _train_workers() -> list[psutil.Process]:
     return found
 
 
-def test_alright_coin_is_one_per_step_and_a_killed_worker_resumes_from_the_checkpoint(ray_session, tmp_path):
-    job = _job("kill", None, ["method=alright", "lam=0.5", "epochs=3", "checkpoint_every=8", "max_failures=1"],
-               sft=ROOT / "data/synthlang/sft_train.jsonl", pref=ROOT / "data/synthlang/pref_train.jsonl")
+def test_alright_coin_is_one_per_step_and_a_killed_worker_resumes_from_the_checkpoint(ray_session, small_data,
+                                                                                       tmp_path):
+    # 8 steps per epoch x 6 epochs = 48 steps, a checkpoint every 8; the kill comes after step 20, once
+    # Ray Train has registered the checkpoints of steps 8 and 16.
+    job = _job("kill", small_data, ["method=alright", "lam=0.5", "epochs=6", "checkpoint_every=8", "max_failures=1"])
     box = {}
     thread = threading.Thread(target=lambda: box.update(r=_run(job, tmp_path)))
     thread.start()
@@ -138,9 +140,9 @@ def test_alright_coin_is_one_per_step_and_a_killed_worker_resumes_from_the_check
     assert summary["status"] == "succeeded"
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     resumed = [e["step"] for e in events if e.get("event") == "resumed"]
-    assert resumed and resumed[0] % 8 == 0 and 0 < resumed[0] <= 192
+    assert resumed and resumed[0] % 8 == 0 and 0 < resumed[0] <= 48
     steps = [r["step"] for r in records if r["step"] > 0]
-    assert steps == list(range(1, 193)), "every step once, replayed steps deduplicated"
+    assert steps == list(range(1, 49)), "every step once, replayed steps deduplicated"
     coin = methods.Alright(0.5, seed=0)
     for r in records[1:]:
         assert r["coin_by_rank"] == [r["w_dpo"]] * 2, "every rank steps on the same objective"
@@ -153,12 +155,14 @@ def test_alright_coin_is_one_per_step_and_a_killed_worker_resumes_from_the_check
     assert (run_dir / "plots" / "plane.png").stat().st_size > 10_000
 
 
-def test_sequential_job_through_the_cli(tmp_path):
+def test_sequential_job_through_the_cli(small_data, tmp_path):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # The shipped file on 128 of its rows (8 steps of 16 per epoch), 4 epochs: 2 of SFT, then 2 of DPO.
     proc = subprocess.run(
         [sys.executable, "launch.py", "run", "jobs/sft_dpo_sequential.yaml", "--out", str(tmp_path),
-         "--set", "epochs=2", "--set", "estimate_optima=false", "--set", "optima={sft: 0.3, dpo: 0.2}",
-         "--set", "workers=1", "--set", "deepspeed.train_batch_size=16", "--set", "eval_every=16"],
+         "--set", f"data.sft.train={small_data['sft']}", "--set", f"data.preference.train={small_data['pref']}",
+         "--set", "epochs=4", "--set", "estimate_optima=false", "--set", "optima={sft: 0.3, dpo: 0.2}",
+         "--set", "workers=1", "--set", "deepspeed.train_batch_size=16", "--set", "eval_every=8", "--set", "checkpoint_every=16"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = next(tmp_path.glob("sft-dpo-sequential-*"))
