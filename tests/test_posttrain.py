@@ -162,7 +162,8 @@ def test_sequential_job_through_the_cli(small_data, tmp_path):
         [sys.executable, "launch.py", "run", "jobs/sft_dpo_sequential.yaml", "--out", str(tmp_path),
          "--set", f"data.sft.train={small_data['sft']}", "--set", f"data.preference.train={small_data['pref']}",
          "--set", "epochs=4", "--set", "estimate_optima=false", "--set", "optima={sft: 0.3, dpo: 0.2}",
-         "--set", "workers=1", "--set", "deepspeed.train_batch_size=16", "--set", "eval_every=8", "--set", "checkpoint_every=16"],
+         "--set", "workers=1", "--set", "deepspeed.train_batch_size=16", "--set", "eval_every=8",
+         "--set", "checkpoint_every=16"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = next(tmp_path.glob("sft-dpo-sequential-*"))
