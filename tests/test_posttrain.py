@@ -82,11 +82,13 @@ def _trajectory(records, key):
 def test_one_worker_two_workers_and_zero3_follow_the_same_trajectory(ray_session, small_data, tmp_path, monkeypatch):
     monkeypatch.setenv("DIST_CORE_CACHE", str(tmp_path / "cache"))  # reference tables, not in ~/.cache
     # Same global batch of 16: 1 worker x 8 x 2 accumulation, 2 workers x 8, and 2 workers on ZeRO-3.
-    # The 1-worker run also uses precomputed reference tables instead of the reference model.
+    # The 1-worker run also uses precomputed reference tables instead of the reference model. The ZeRO-3
+    # run estimates the optima first: its main phase runs third in the same workers, after an SFT-only and
+    # a DPO-only phase, and must still follow the trajectory of a main phase that a fresh group runs.
     runs = {
         "w1": _job("w1", small_data, ["workers=1", "deepspeed.gradient_accumulation_steps=2", "precompute_ref=true"]),
         "w2": _job("w2", small_data),
-        "z3": _job("z3", small_data, ["deepspeed.zero_optimization.stage=3"]),
+        "z3": _job("z3", small_data, ["deepspeed.zero_optimization.stage=3", "optima=null", "estimate_optima=true"]),
     }
     out = {k: _run(job, tmp_path / k) for k, job in runs.items()}
     for key in ("sft_loss", "dpo_loss", "f_sft", "f_dpo"):
@@ -96,6 +98,15 @@ def test_one_worker_two_workers_and_zero3_follow_the_same_trajectory(ray_session
             # fp32 sums in another order (gloo all-reduce, ZeRO-3 gathers): measured <= 1.1e-7 relative.
             np.testing.assert_allclose(_trajectory(out[other][2], key), base, rtol=1e-5, err_msg=f"{other}: {key}")
     assert len(list((tmp_path / "cache" / "ref_logps").glob("*.safetensors"))) == 2  # train and eval tables
+    z3_dir = out["z3"][1]
+    events = [json.loads(line) for line in (z3_dir / "metrics.jsonl").read_text().splitlines()]
+    done = {e["phase"]: e for e in events if e.get("event") == "phase_done"}
+    assert list(done) == ["opt_sft", "opt_dpo", "main"]
+    assert len({e["pid"] for e in done.values()}) == 1, "one worker group runs every phase"
+    optima = json.loads((z3_dir / "optima.json").read_text())
+    opt_sft = json.loads((z3_dir / "phases" / "opt_sft.json").read_text())
+    assert optima["sft"] == opt_sft["f_sft"] < out["w2"][0]["metrics"]["f_sft"]  # SFT alone fits SFT best
+    assert out["z3"][0]["metrics"]["startup_s"] > 0
     first = next(r for r in out["w2"][2] if r["step"] == 1)
     assert first["dpo_loss"] == pytest.approx(np.log(2), abs=1e-5)  # π = π_ref at step 1
     assert out["w2"][2][-1]["sft_loss"] < 0.7 * first["sft_loss"]

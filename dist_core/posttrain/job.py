@@ -1,10 +1,12 @@
 """``kind: posttrain``: the driver side of a post-training run on Ray Train + DeepSpeed.
 
-A run has phases, each one ``TorchTrainer.fit()``: with ``estimate_optima`` first an SFT-only and a
-DPO-only run whose final losses become (f*_SFT, f*_DPO), then the job's method. Workers stream
-records to a ``MetricsSink`` actor that the driver drains into ``metrics.jsonl`` while a progress
-bar moves. Finished phases are recorded in ``phases/<phase>.json``, so ``launch.py resume`` skips
-them and the unfinished phase continues from its newest Ray Train checkpoint.
+A run has phases: with ``estimate_optima`` first an SFT-only and a DPO-only run whose final losses
+become (f*_SFT, f*_DPO), then the job's method. All phases run in one ``TorchTrainer.fit()``, in
+the same worker processes (``worker.train_loop``), so Ray Train's and DeepSpeed's start-up is paid
+once per job. Workers stream records to a ``MetricsSink`` actor that the driver drains into
+``metrics.jsonl`` while a progress bar moves. Finished phases are recorded in
+``phases/<phase>.json``, so ``launch.py resume`` skips them and the unfinished phase continues from
+the newest Ray Train checkpoint.
 """
 
 from __future__ import annotations
@@ -85,29 +87,40 @@ def absolute(job: PosttrainJob) -> PosttrainJob:
     return PosttrainJob.model_validate(data)
 
 
-def _fit(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tuple[float, float] | None,
-         model_dir: Path, progress: bool, export_to: Path | None = None) -> dict[str, Any]:
-    """One TorchTrainer run; returns the final metrics and copies the exported model for the main phase
-    (to ``model/`` in the run directory, or to ``export_to``)."""
+TRAIN_RUN = "run"  # the Ray Train run's name: checkpoints under <run dir>/train/run/
+
+
+def _fit(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], done: dict[str, dict[str, Any]],
+         model_dir: Path, progress: bool, export_to: Path, name: str = TRAIN_RUN) -> dict[str, dict[str, Any]]:
+    """One TorchTrainer run of ``phases`` (``worker.train_loop``); returns every phase's final metrics
+    and copies the model the last phase exports to ``export_to``."""
     from .worker import train_loop
 
     sink = MetricsSink.remote()
-    cfg = {"job": job.model_dump(mode="json"), "method": method, "phase": phase, "optima": optima,
-           "model_dir": str(model_dir), "ref_cache": str(reference_cache_dir()), "sink": sink}
-    if export_to is None and phase == "main":
-        export_to = run_dir.path / "model"
-    return fit_workers(train_loop, cfg, sink, run_dir, phase, total_steps(job), f"{phase} ({method})",
-                       job.workers, job.cpus_per_worker, job.max_failures, progress, export_to,
-                       postfix=("sft_loss", "dpo_loss"))
+    cfg = {"job": job.model_dump(mode="json"), "phases": phases, "done": done, "model_dir": str(model_dir),
+           "ref_cache": str(reference_cache_dir()), "sink": sink}
+    descs = {p["name"]: f"{p['name']} ({p['method']})" for p in phases}
+    first = next(p["name"] for p in phases if p["name"] not in done)
+    t0 = time.time()
+    final = fit_workers(train_loop, cfg, sink, run_dir, name, total_steps(job), descs[first],
+                        job.workers, job.cpus_per_worker, job.max_failures, progress, export_to,
+                        postfix=("sft_loss", "dpo_loss"), descs=descs)
+    finals = final.pop("phases")
+    if "first_step_unix" in finals[first]:
+        # From fit() to the first step: Ray Train's worker group, DeepSpeed, model and reference set-up.
+        finals[first]["startup_s"] = finals[first]["first_step_unix"] - t0
+    return finals
 
 
 def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phase: str, total: int, desc: str,
                 workers: int, cpus_per_worker: float, max_failures: int, progress: bool,
-                export_to: Path | None = None, postfix: tuple[str, ...] = ()) -> dict[str, Any]:
+                export_to: Path | None = None, postfix: tuple[str, ...] = (),
+                descs: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``loop`` on a ``TorchTrainer`` (gloo) while draining ``sink`` into ``metrics.jsonl``.
 
     Returns the ``final.json`` of the last checkpoint; its ``model/`` is copied to ``export_to`` if given.
-    Any kind whose workers end with ``worker.export_model`` can use it.
+    Any kind whose workers end with ``worker.export_model`` can use it. ``phase`` names the Ray Train
+    run; when records carry a phase listed in ``descs``, the progress bar restarts under its name.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -135,10 +148,18 @@ def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phas
     thread = threading.Thread(target=target, name=f"fit-{phase}", daemon=True)
     thread.start()
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    shown = None
     while thread.is_alive():
         thread.join(timeout=1.0)
         for record in ray.get(sink.drain.remote()):
             run_dir.log_metrics(record)
+            if descs and record.get("phase") in descs and record["phase"] != shown:
+                shown = record["phase"]
+                bar.reset(total=total)
+                bar.set_description(descs[shown])
+            if record.get("event") == "phase_done":
+                log.info("phase %s (%s) finished in %.1f s: %s", record["phase"], record["method"],
+                         record["wall_s"], {k: round(record[k], 4) for k in ("f_sft", "f_dpo") if k in record})
             if "step" in record and "event" not in record:
                 bar.n = record["step"]
                 bar.set_postfix({k: f"{record[k]:.3f}" for k in postfix if k in record})
@@ -172,19 +193,40 @@ def check_fits(workers: int, cpus_per_worker: float) -> None:
                        f"{have:g}; lower workers or cpus_per_worker")
 
 
+def run_phases(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], model_dir: Path,
+               progress: bool, export_to: Path, name: str = TRAIN_RUN) -> dict[str, dict[str, Any]]:
+    """Every phase's final metrics: read from ``phases/<name>.json`` when an earlier run finished it,
+    else trained (all unfinished phases in one worker group, the Ray Train run ``name``) and recorded
+    there."""
+    finished = run_dir.path / "phases"
+    done = {p["name"]: json.loads((finished / f"{p['name']}.json").read_text())
+            for p in phases if (finished / f"{p['name']}.json").exists()}
+    if len(done) == len(phases):
+        return done
+    finals = _fit(job, run_dir, phases, done, model_dir, progress, export_to, name)
+    finished.mkdir(exist_ok=True)
+    for name, final in finals.items():
+        if name not in done:
+            write_json_atomic(finished / f"{name}.json", final)
+    return finals
+
+
 def _phase(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: tuple[float, float] | None,
-           model_dir: Path, progress: bool, export_to: Path | None = None) -> dict[str, Any]:
-    done = run_dir.path / "phases" / f"{phase}.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    t0 = time.perf_counter()
-    final = _fit(job, run_dir, phase, method, optima, model_dir, progress, export_to)
-    final["wall_s"] = time.perf_counter() - t0
-    done.parent.mkdir(exist_ok=True)
-    write_json_atomic(done, final)
-    log.info("phase %s (%s) finished in %.1f s: %s", phase, method, final["wall_s"],
-             {k: round(final[k], 4) for k in ("f_sft", "f_dpo") if k in final})
-    return final
+           model_dir: Path, progress: bool, export_to: Path) -> dict[str, Any]:
+    """A one-phase run (another kind's warm-up, e.g. distillation's SFT of the teacher)."""
+    spec = {"name": phase, "method": method, "optima": list(optima) if optima else None}
+    return run_phases(job, run_dir, [spec], model_dir, progress, export_to, name=phase)[phase]
+
+
+def job_phases(job: PosttrainJob) -> list[dict[str, Any]]:
+    """The phases of a job: with ``estimate_optima`` (and no given optima) the SFT-only and DPO-only
+    runs first, whose finals become the main phase's (f*_SFT, f*_DPO)."""
+    given = [job.optima.sft, job.optima.dpo] if job.optima else None
+    if job.estimate_optima and given is None:
+        return [{"name": "opt_sft", "method": "sft", "optima": None},
+                {"name": "opt_dpo", "method": "dpo", "optima": None},
+                {"name": "main", "method": job.method, "estimated": True}]
+    return [{"name": "main", "method": job.method, "optima": given}]
 
 
 def dedupe_metrics(run_dir: RunDir) -> list[dict[str, Any]]:
@@ -243,17 +285,20 @@ def run(job: PosttrainJob, run_dir: RunDir, hooks: RunHooks, resume: bool = Fals
     job = absolute(job)
     model_dir = job.model.path or build_model_dir(job.model.config, job.tokenizer.path, run_dir.path / "init_model",
                                                   job.seed)
+    phases = job_phases(job)
+    finals = run_phases(job, run_dir, phases, model_dir, progress, run_dir.path / "model")
     optima: tuple[float, float] | None = (job.optima.sft, job.optima.dpo) if job.optima else None
-    if job.estimate_optima and optima is None:
-        f_sft = _phase(job, run_dir, "opt_sft", "sft", None, model_dir, progress)["f_sft"]
-        f_dpo = _phase(job, run_dir, "opt_dpo", "dpo", None, model_dir, progress)["f_dpo"]
-        optima = (f_sft, f_dpo)
-        write_json_atomic(run_dir.path / "optima.json", {"sft": f_sft, "dpo": f_dpo})
-    final = _phase(job, run_dir, "main", job.method, optima, model_dir, progress)
+    if "opt_sft" in finals:
+        optima = (finals["opt_sft"]["f_sft"], finals["opt_dpo"]["f_dpo"])
+        write_json_atomic(run_dir.path / "optima.json", {"sft": optima[0], "dpo": optima[1]})
+    final = finals["main"]
     records = dedupe_metrics(run_dir)
     plane_png(run_dir.plots / "plane.png", records, optima, f"{job.method} λ={job.lam}")
     losses_png(run_dir.plots / "losses.png", records)
     metrics = summarize(final, optima, records)
+    startups = [finals[p["name"]]["startup_s"] for p in phases if "startup_s" in finals[p["name"]]]
+    if startups:
+        metrics["startup_s"] = startups[0]  # the run's first fit(): on resume, the original start
     return JobResult(metrics, str(run_dir.path / "model"),
                      {"method": job.method, "lam": job.lam, "optima": list(optima) if optima else None})
 

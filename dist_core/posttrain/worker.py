@@ -1,10 +1,14 @@
 """One Ray Train worker: a DeepSpeed rank that trains the policy with the job's method.
 
-The driver (``job.py``) starts ``TorchTrainer`` with ``train_loop`` and a plain-dict config; each
-worker loads the tokenizer and model with ``from_pretrained``, wraps the model with
-``deepspeed.initialize`` (torch AdamW, the job's DeepSpeed config, gloo on CPU), and runs
-global steps. Rank 0 streams metric records to the driver's sink actor and every rank writes its
-ZeRO shard into Ray Train checkpoints; a restarted worker group continues from the newest one.
+The driver (``job.py``) starts one ``TorchTrainer`` per job with ``train_loop`` and a plain-dict
+config that lists the job's phases (the SFT-only and DPO-only runs of ``estimate_optima``, then the
+job's method). Each worker sets up once what every phase shares (the process group, tokenizer, data,
+the frozen reference) in a :class:`Workspace`, then runs the phases one after another in the same
+process: each phase loads the model with ``from_pretrained`` and wraps it with a fresh
+``deepspeed.initialize`` (torch AdamW, the job's DeepSpeed config, gloo on CPU). Rank 0 streams
+metric records to the driver's sink actor and every rank writes its ZeRO shard into Ray Train
+checkpoints, each carrying ``progress.json`` (the finished phases and the current one); a restarted
+worker group skips the finished phases and continues the current one from the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .losses import dpo_loss, sequence_logps, sft_loss, token_logps
 from .reference import Reference, cached_table, fingerprint, logps_table
 
 STATE_TAG = "state"
+PROGRESS = "progress.json"  # in every checkpoint: {"done": {phase: final}, "current": phase | None}
 
 
 @dataclass
@@ -138,7 +143,7 @@ def frozen_model(model_dir: str, stage: int, micro: int, accum: int, global_batc
 
 def export_model(engine: Any, tok: Any, rank: int, metrics: dict[str, Any]) -> None:
     """The engine's model as ``save_pretrained`` safetensors (ZeRO-3 shards gathered) with the tokenizer
-    and ``final.json``, reported by rank 0 as the run's last Ray Train checkpoint (``model/``)."""
+    and ``final.json`` (``metrics``), reported by rank 0 as the run's last Ray Train checkpoint."""
     import deepspeed
     import ray.train
     from ray.train import Checkpoint
@@ -154,13 +159,14 @@ def export_model(engine: Any, tok: Any, rank: int, metrics: dict[str, Any]) -> N
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
 
 
-class Trainer:
-    """The step loop of one rank. ``run()`` returns the final metrics."""
+class Workspace:
+    """What one rank keeps across the phases of a job: process group, tokenizer, data, the frozen
+    reference model and its eval table. Phases differ only in model state, optimizer and method."""
 
     def __init__(self, cfg: dict[str, Any]):
         import deepspeed
         import ray.train
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.cfg = cfg
@@ -169,10 +175,7 @@ class Trainer:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(max(1, int(job.cpus_per_worker)))
         deepspeed.init_distributed(dist_backend="gloo")
-        self.method_name = cfg["method"]
         self.sink = cfg.get("sink")
-        self.phase = cfg["phase"]
-
         self.tok = AutoTokenizer.from_pretrained(str(job.tokenizer.path))
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.corpus = _encode_split(self.tok, job)
@@ -186,21 +189,54 @@ class Trainer:
         ds = job.deepspeed
         self.micro, self.accum = ds.train_micro_batch_size_per_gpu, ds.gradient_accumulation_steps
         self.G = ds.train_batch_size
+        self.ref_model: Any = None  # built by the first phase that needs it, then shared
+        self.ref_eval: torch.Tensor | None = None
+
+
+class Trainer:
+    """The step loop of one rank in one phase. ``run()`` returns the phase's final metrics."""
+
+    def __init__(self, ws: Workspace, phase: str, method: str, optima: tuple[float, float] | None,
+                 checkpoint: Any = None):
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        self.t_start = time.perf_counter()
+        self.ws, self.cfg, self.job = ws, ws.cfg, ws.job
+        job = self.job
+        self.rank, self.world, self.sink = ws.rank, ws.world, ws.sink
+        self.tok, self.pad, self.corpus = ws.tok, ws.pad, ws.corpus
+        self.spe, self.total = ws.spe, ws.total
+        self.micro, self.accum, self.G = ws.micro, ws.accum, ws.G
+        self.method_name, self.phase = method, phase
 
         torch.manual_seed(job.seed)
-        model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(self.cfg["model_dir"], dtype=torch.float32)
         opt = _optimizer(model, job)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(job, self.total))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                                    config=ds.as_dict())
-        self.method = methods.make(self.method_name, job.lam, job.epochs, job.seed,
-                                   *(cfg["optima"] or (0.0, 0.0)), job.max_eval_steps, job.sft_epochs)
+                                                    config=job.deepspeed.as_dict())
+        self.method = methods.make(method, job.lam, job.epochs, job.seed, *(optima or (0.0, 0.0)),
+                                   job.max_eval_steps, job.sft_epochs)
         self.start_step = 0
+        self.done: dict[str, dict[str, Any]] = {}  # finished phases' finals, saved in every checkpoint
         self.ref_train: torch.Tensor | None = None  # Sequential's table from the SFT result
-        self._restore()
-        self.ref_model = self._reference_model() if self._needs_ref_model() else None
-        self.ref_eval = self._eval_reference() if self.corpus.chosen is not None else None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        if self._needs_ref_model() and ws.ref_model is None:
+            ws.ref_model = self._reference_model()
+        self.ref_model = ws.ref_model if self._needs_ref_model() else None
+        if self.corpus.chosen is not None and ws.ref_eval is None:
+            ws.ref_eval = self._eval_reference()
+        self.ref_eval = ws.ref_eval
         self.ref = self._train_reference()
+
+    def close(self) -> None:
+        """Free this phase's engine before the next phase builds its own."""
+        destroy = getattr(self.engine, "destroy", None)
+        if destroy is not None:
+            destroy()
+        self.engine = None
 
     # ------------------------------------------------------------ set-up helpers
     def _needs_ref_model(self) -> bool:
@@ -274,12 +310,7 @@ class Trainer:
         return Reference(forward=self._forward_fn(self.ref_model))
 
     # ------------------------------------------------------------ checkpoints
-    def _restore(self) -> None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return
+    def _restore(self, ckpt: Any) -> None:
         with ckpt.as_directory() as d:
             _, client = self.engine.load_checkpoint(d, tag=STATE_TAG)
             self.start_step = int(client["step"])
@@ -297,20 +328,34 @@ class Trainer:
         import ray.train
         from ray.train import Checkpoint
 
-        client = {"step": step}
+        client = {"step": step, "phase": self.phase}
         if isinstance(self.method, methods.Maxright):
             client["maxright_stale"] = list(self.method.stale)
         with tempfile.TemporaryDirectory() as d:
             self.engine.save_checkpoint(d, tag=STATE_TAG, client_state=client)
-            if self.rank == 0 and self.ref_train is not None:
-                from safetensors.torch import save_file
+            if self.rank == 0:
+                write_progress(Path(d), self.done, self.phase)
+                if self.ref_train is not None:
+                    from safetensors.torch import save_file
 
-                save_file({"logps": self.ref_train.contiguous()}, str(Path(d) / "ref_train.safetensors"))
+                    save_file({"logps": self.ref_train.contiguous()}, str(Path(d) / "ref_train.safetensors"))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
-    def _export(self, metrics: dict[str, Any]) -> None:
-        """The final model as ``save_pretrained`` safetensors, reported by rank 0 as the last checkpoint."""
-        export_model(self.engine, self.tok, self.rank, metrics)
+    def _finish(self, final: dict[str, Any], is_last: bool) -> None:
+        """End the phase with a checkpoint: the exported model after the last phase, else only the
+        progress, so a restarted worker group skips this phase."""
+        import ray.train
+        from ray.train import Checkpoint
+
+        self.done[self.phase] = final
+        if is_last:
+            export_model(self.engine, self.tok, self.rank, {**final, "phases": self.done})
+            return
+        with tempfile.TemporaryDirectory() as d:
+            if self.rank == 0:
+                write_progress(Path(d), self.done, None)
+            ray.train.report({"phase": self.phase, "step": final["steps"]},
+                             checkpoint=Checkpoint.from_directory(d) if self.rank == 0 else None)
 
     # ------------------------------------------------------------ the step
     def _emit(self, record: dict[str, Any]) -> None:
@@ -442,14 +487,20 @@ class Trainer:
         self.engine.train()
         return out
 
-    def run(self) -> dict[str, Any]:
+    def run(self, finished: dict[str, dict[str, Any]], is_last: bool = True) -> dict[str, Any]:
+        """Train this phase; ``finished`` holds the finished phases' finals and gains this one's."""
         job = self.job
+        self.done = finished
+        first_step_unix = None
         if self.start_step == 0:
             start = self.evaluate()  # collective: every rank evaluates its shard
             if self.rank == 0:
                 self._emit({"step": 0, **start})
         last: dict[str, Any] = {}
         for step in range(self.start_step, self.total):
+            if first_step_unix is None:
+                first_step_unix = time.time()
+                setup_s = time.perf_counter() - self.t_start
             record = self._step(step)
             done = step + 1
             if done % job.eval_every == 0 or done == self.total:
@@ -463,10 +514,59 @@ class Trainer:
         final.update(self.evaluate() if not {"f_sft", "f_dpo"} & set(last) else {})
         final["steps"] = self.total
         final["peak_rss_mb_by_rank"] = _gather_floats(_peak_rss_mb(), self.world)
-        self._export(final)
+        if first_step_unix is not None:
+            final.update(setup_s=setup_s, first_step_unix=first_step_unix)
+        final["wall_s"] = time.perf_counter() - self.t_start
+        if self.rank == 0:
+            self._emit({"event": "phase_done", "method": self.method_name, "wall_s": final["wall_s"], "pid": os.getpid(),
+                        **{k: final[k] for k in ("f_sft", "f_dpo") if k in final}})
+        self._finish(final, is_last)
         return final
 
 
+def write_progress(d: Path, done: dict[str, dict[str, Any]], current: str | None) -> None:
+    (d / PROGRESS).write_text(json.dumps({"done": done, "current": current}))
+
+
+def read_progress(ckpt: Any) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """(finished phases' finals, the phase whose engine state the checkpoint holds) of a checkpoint."""
+    if ckpt is None:
+        return {}, None
+    with ckpt.as_directory() as d:
+        path = Path(d, PROGRESS)
+        if not path.exists():
+            return {}, None
+        saved = json.loads(path.read_text())
+    return saved["done"], saved["current"]
+
+
+def phase_optima(spec: dict[str, Any], done: dict[str, dict[str, Any]]) -> tuple[float, float] | None:
+    """A phase's (f*_SFT, f*_DPO): given, or the finals of the SFT-only and DPO-only phases."""
+    if spec.get("estimated"):
+        return (done["opt_sft"]["f_sft"], done["opt_dpo"]["f_dpo"])
+    return tuple(spec["optima"]) if spec.get("optima") else None
+
+
 def train_loop(cfg: dict[str, Any]) -> None:
-    """Ray Train's ``train_loop_per_worker``."""
-    Trainer(cfg).run()
+    """Ray Train's ``train_loop_per_worker``: the job's unfinished phases, in order, in this process.
+
+    ``cfg["phases"]``: ``[{"name", "method", "optima" | "estimated"}]``; ``cfg["done"]``: finals of
+    phases an earlier run of the job finished."""
+    import gc
+
+    import ray.train
+
+    ws = Workspace(cfg)
+    ckpt = ray.train.get_checkpoint()
+    saved, current = read_progress(ckpt)
+    done = {**(cfg.get("done") or {}), **saved}
+    phases = cfg["phases"]
+    for i, spec in enumerate(phases):
+        if spec["name"] in done:
+            continue
+        trainer = Trainer(ws, spec["name"], spec["method"], phase_optima(spec, done),
+                          ckpt if current == spec["name"] else None)
+        trainer.run(done, is_last=i == len(phases) - 1)
+        trainer.close()
+        del trainer
+        gc.collect()
