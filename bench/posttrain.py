@@ -101,7 +101,7 @@ def model_config(size: str) -> dict[str, Any]:
 
 
 def build_model(size: str, root: Path, seed: int = 0) -> Path:
-    from dist_core.posttrain.job import build_model_dir
+    from dist_core.posttrain.init_model import build_model_dir
 
     return build_model_dir(model_config(size), DATA / "tokenizer", root / f"init-{size}-seed{seed}", seed)
 

@@ -488,6 +488,58 @@ def multiobjective_tables(doc: Doc) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------------------------------- startup
+def _startup(doc: Doc) -> dict[str, Any]:
+    return doc["summary"]
+
+
+def _startup_wall(doc: Doc) -> tuple[str, bool]:
+    s = _startup(doc)
+    walls = [r["wall_s"] for r in doc["runs"]["cli"]]
+    return f"{s['cli_wall_s']:.1f} s (median of {len(walls)}: {', '.join(f'{w:.1f}' for w in walls)})", \
+        s["cli_wall_s"] <= 50
+
+
+def _startup_first_step(doc: Doc) -> tuple[str, bool]:
+    s = _startup(doc)
+    return (f"{s['cli_startup_s']:.1f} s, of which {s['cli_ray_train_start_s']:.1f} s before Ray Train hands "
+            f"the workers the loop; an empty `fit()` takes {s['empty_fit_s']:.1f} s"), s["cli_startup_s"] <= 10
+
+
+def _startup_ratio(doc: Doc) -> tuple[str, None]:
+    s = _startup(doc)
+    lo, hi = s["speedup_spread"]
+    return (f"{s['one_group_s']:.1f} s against {s['fit_per_phase_s']:.1f} s: {ratio(s['speedup_median'])} "
+            f"(spread {ratio(lo)}–{ratio(hi)})"), None
+
+
+def _startup_load(doc: Doc) -> str:
+    rows = [r for arm in doc["runs"].values() for r in arm]
+    return (f"1-min load {min(r['load_1min'] for r in rows):.1f}–{max(r['load_1min'] for r in rows):.1f} and "
+            f"{max(r['cpu_busy'] for r in rows) * 100:.0f}% CPU busy at most before the runs")
+
+
+def startup_tables(doc: Doc) -> list[str]:
+    out = [f"**The shipped ALRIGHT job** (`{doc['job']}`: an SFT-only, a DPO-only and the ALRIGHT phase of 128 "
+           f"steps each, 2 workers × 1 CPU, ZeRO-2), {doc['repeats']} alternating runs of each arm. `launch.py run` "
+           "is the whole CLI process; the other arms are the three phases after one `ray.init` in a child process.",
+           ""]
+    rows = []
+    for r in doc["runs"]["cli"]:
+        rows.append(["`launch.py run`", f"{r['wall_s']:.1f}", f"{r['startup_s']:.1f}", f"{r['ray_train_start_s']:.1f}",
+                     f"{r['load_1min']:.1f}"])
+    for arm in ("one group", "fit per phase"):
+        for r in doc["runs"][arm]:
+            first = min(v for v in r["startup_s_by_phase"].values() if v is not None)
+            phases = " + ".join(f"{v:.1f}" for v in r["phase_wall_s"].values())
+            rows.append([f"phases in {'one worker group' if arm == 'one group' else 'a `fit()` per phase'}",
+                         f"{r['phases_s']:.1f} (phases {phases})", f"{first:.1f}", "—", f"{r['load_1min']:.1f}"])
+    for r in doc["runs"]["empty fit"]:
+        rows.append(["an empty `TorchTrainer.fit()`", f"{r['fit_s']:.1f}", "—", "—", f"{r['load_1min']:.1f}"])
+    out += table(["arm", "wall (s)", "fit() to first step (s)", "of it, Ray Train (s)", "load (1 min)"], rows)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Bench:
@@ -524,6 +576,12 @@ BENCHES: dict[str, Bench] = {
         *[Goal(f"{m} ideal distance at λ = 0.5", f"the paper: {PAPER_IDEAL[m]}", _ideal_goal(m))
           for m in ("sequential", "mix", "alright", "maxright")],
     ], posttrain_tables, _posttrain_load),
+    "startup": Bench("Post-training start-up: one worker group per job", "bench/startup.py", [
+        Goal("the shipped ALRIGHT job, `launch.py run` wall on 2 CPUs", "≤ 50 s", _startup_wall),
+        Goal("`fit()` to the first training step (Ray already up)", "≤ 10 s", _startup_first_step),
+        Goal("the job's three phases: one worker group against a `fit()` per phase", "reported, no goal",
+             _startup_ratio),
+    ], startup_tables, _startup_load),
     "analog": Bench("Analog in-memory computing: pipeline schedules, pulsed training against aihwkit",
                     "bench/analog.py", [
         Goal("pulsed training steps/s against aihwkit 1.2.0, per-sample pulses (aihwkit's order)", "≥ 2×",

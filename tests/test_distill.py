@@ -112,7 +112,7 @@ def models(tmp_path_factory):
     """A teacher and a student directory (save_pretrained from tiny configs), and 32/16 prompts."""
     import yaml
 
-    from dist_core.posttrain.job import build_model_dir
+    from dist_core.posttrain.init_model import build_model_dir
 
     d = tmp_path_factory.mktemp("models")
     out = {side: build_model_dir(yaml.safe_load(conf), TOK, d / side, seed=0)

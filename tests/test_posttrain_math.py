@@ -12,7 +12,7 @@ import torch
 from dist_core.errors import SpecError
 from dist_core.posttrain import data as D
 from dist_core.posttrain import methods
-from dist_core.posttrain.job import build_model_dir
+from dist_core.posttrain.init_model import build_model_dir
 from dist_core.posttrain.losses import dpo_loss, sequence_logps, sft_loss
 from dist_core.posttrain.reference import cached_table, fingerprint
 

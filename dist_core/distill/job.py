@@ -67,7 +67,8 @@ def _posttrain_sft_job(job: DistillJob, side: str, base: Path, data: Path) -> An
 
 def model_dir(job: DistillJob, side: str, run_dir: RunDir, progress: bool) -> Path:
     """The directory ``from_pretrained`` loads ``side``'s model from (built, and SFT'd, as the job asks)."""
-    from ..posttrain.job import _phase, build_model_dir
+    from ..posttrain.init_model import build_model_dir
+    from ..posttrain.job import _phase
     from ..posttrain.reference import fingerprint
 
     source: DistillModel = getattr(job, side)

@@ -27,7 +27,7 @@ from ..posttrain import data as D
 from ..posttrain import distill_losses
 from ..posttrain.losses import token_logps
 from ..posttrain.worker import (STATE_TAG, _all_mean, _gather_floats, _lr_lambda, _optimizer, _peak_rss_mb,
-                                export_model, frozen_model)
+                                export_model, frozen_model, import_deepspeed)
 from . import objective, teacher as T
 from .config import DistillJob
 
@@ -36,10 +36,10 @@ class DistillTrainer:
     """The step loop of one rank. ``run()`` returns the final metrics."""
 
     def __init__(self, cfg: dict[str, Any]):
-        import deepspeed
         import ray.train
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        deepspeed = import_deepspeed()
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.cfg = cfg
         self.job = job = DistillJob.model_validate(cfg["job"])

@@ -29,6 +29,7 @@ from ..errors import RunError
 from ..runs import JobResult, RunDir, RunHooks, last_of_each
 from .config import PosttrainJob, total_steps
 
+
 log = logging.getLogger("dist_core")
 
 
@@ -49,28 +50,6 @@ class MetricsSink:
 
 def reference_cache_dir() -> Path:
     return Path(os.environ.get("DIST_CORE_CACHE", Path.home() / ".cache" / "dist_core")) / "ref_logps"
-
-
-def build_model_dir(config: dict[str, Any], tokenizer_dir: Path, out: Path, seed: int) -> Path:
-    """Build a model from ``config`` and ``save_pretrained`` it, so workers load it the real way."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    if (out / "config.json").exists():
-        return out
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    conf = dict(config)
-    model_type = conf.pop("model_type")
-    conf.setdefault("vocab_size", len(tok))
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        conf.setdefault(name, getattr(tok, name) if getattr(tok, name) is not None else tok.eos_token_id)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **conf))
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    os.replace(tmp, out)
-    return out
 
 
 def absolute(job: PosttrainJob) -> PosttrainJob:
@@ -98,6 +77,7 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], done:
 
     sink = MetricsSink.remote()
     cfg = {"job": job.model_dump(mode="json"), "phases": phases, "done": done, "model_dir": str(model_dir),
+           "build_model": job.model.path is None,
            "ref_cache": str(reference_cache_dir()), "sink": sink}
     descs = {p["name"]: f"{p['name']} ({p['method']})" for p in phases}
     first = next(p["name"] for p in phases if p["name"] not in done)
@@ -106,9 +86,14 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], done:
                         job.workers, job.cpus_per_worker, job.max_failures, progress, export_to,
                         postfix=("sft_loss", "dpo_loss"), descs=descs)
     finals = final.pop("phases")
-    if "first_step_unix" in finals[first]:
-        # From fit() to the first step: Ray Train's worker group, DeepSpeed, model and reference set-up.
-        finals[first]["startup_s"] = finals[first]["first_step_unix"] - t0
+    # The first phase this fit() trained (a resumed one also returns phases of the run it continues).
+    ran = [f for f in finals.values() if f.get("first_step_unix", 0.0) >= t0]
+    if ran:
+        head = min(ran, key=lambda f: f["first_step_unix"])
+        # From fit() to the first step: Ray Train's worker group, then (in the workers) imports, model
+        # build and load, DeepSpeed engine and reference set-up.
+        head["startup_s"] = head["first_step_unix"] - t0
+        head["ray_train_start_s"] = head["entered_unix"] - t0
     return finals
 
 
@@ -205,9 +190,9 @@ def run_phases(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]],
         return done
     finals = _fit(job, run_dir, phases, done, model_dir, progress, export_to, name)
     finished.mkdir(exist_ok=True)
-    for name, final in finals.items():
-        if name not in done:
-            write_json_atomic(finished / f"{name}.json", final)
+    for phase, final in finals.items():
+        if phase not in done:
+            write_json_atomic(finished / f"{phase}.json", final)
     return finals
 
 
@@ -283,8 +268,8 @@ def losses_png(path: Path, records: list[dict[str, Any]]) -> Path:
 def run(job: PosttrainJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
     progress = hooks.progress
     job = absolute(job)
-    model_dir = job.model.path or build_model_dir(job.model.config, job.tokenizer.path, run_dir.path / "init_model",
-                                                  job.seed)
+    # A model given as a config is built by rank 0 of the worker group, which imports transformers anyway.
+    model_dir = job.model.path or run_dir.path / "init_model"
     phases = job_phases(job)
     finals = run_phases(job, run_dir, phases, model_dir, progress, run_dir.path / "model")
     optima: tuple[float, float] | None = (job.optima.sft, job.optima.dpo) if job.optima else None
@@ -296,11 +281,19 @@ def run(job: PosttrainJob, run_dir: RunDir, hooks: RunHooks, resume: bool = Fals
     plane_png(run_dir.plots / "plane.png", records, optima, f"{job.method} λ={job.lam}")
     losses_png(run_dir.plots / "losses.png", records)
     metrics = summarize(final, optima, records)
-    startups = [finals[p["name"]]["startup_s"] for p in phases if "startup_s" in finals[p["name"]]]
-    if startups:
-        metrics["startup_s"] = startups[0]  # the run's first fit(): on resume, the original start
+    metrics.update(startup_times(finals, phases))
     return JobResult(metrics, str(run_dir.path / "model"),
                      {"method": job.method, "lam": job.lam, "optima": list(optima) if optima else None})
+
+
+def startup_times(finals: dict[str, dict[str, Any]], phases: list[dict[str, Any]]) -> dict[str, float]:
+    """``startup_s`` (fit() to the first step) and its Ray Train part, of the run's first fit(); on
+    resume, the original start."""
+    for p in phases:
+        head = finals[p["name"]]
+        if "startup_s" in head:
+            return {k: head[k] for k in ("startup_s", "ray_train_start_s") if k in head}
+    return {}
 
 
 def summarize(final: dict[str, Any], optima: tuple[float, float] | None,

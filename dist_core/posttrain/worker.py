@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from . import data as D
 from . import methods
 from .config import PosttrainJob
+from .init_model import build_model, save_model_dir
 from .losses import dpo_loss, sequence_logps, sft_loss, token_logps
 from .reference import Reference, cached_table, fingerprint, logps_table
 
@@ -159,15 +161,33 @@ def export_model(engine: Any, tok: Any, rank: int, metrics: dict[str, Any]) -> N
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
 
 
+def import_deepspeed() -> Any:
+    """``import deepspeed`` without the eager ``import mlflow`` of its autotuner (about 1.6 s per rank
+    here when mlflow is installed); a training run never uses the autotuner, and a later
+    ``import mlflow`` in the same process works as usual."""
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"]
+    hide = "mlflow" not in sys.modules
+    if hide:
+        sys.modules["mlflow"] = None  # type: ignore[assignment]  # makes ``import mlflow`` raise ImportError
+    try:
+        import deepspeed
+    finally:
+        if hide:
+            del sys.modules["mlflow"]
+    return deepspeed
+
+
 class Workspace:
     """What one rank keeps across the phases of a job: process group, tokenizer, data, the frozen
     reference model and its eval table. Phases differ only in model state, optimizer and method."""
 
     def __init__(self, cfg: dict[str, Any]):
-        import deepspeed
+        self.entered_unix = time.time()  # when Ray Train handed this rank the loop
         import ray.train
         from transformers import AutoTokenizer
 
+        deepspeed = import_deepspeed()
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.cfg = cfg
         self.job = job = PosttrainJob.model_validate(cfg["job"])
@@ -175,6 +195,15 @@ class Workspace:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(max(1, int(job.cpus_per_worker)))
         deepspeed.init_distributed(dist_backend="gloo")
+        if cfg.get("build_model"):
+            if not (Path(cfg["model_dir"]) / "config.json").exists():
+                # Every rank builds the same seeded model (the model classes' import, most of the cost,
+                # is needed by every rank anyway); rank 0 writes it, all load it with from_pretrained.
+                model = build_model(job.model.config, job.tokenizer.path, job.seed)
+                if self.rank == 0:
+                    save_model_dir(model, Path(cfg["model_dir"]))
+                del model
+            dist.barrier()
         self.sink = cfg.get("sink")
         self.tok = AutoTokenizer.from_pretrained(str(job.tokenizer.path))
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
@@ -515,7 +544,7 @@ class Trainer:
         final["steps"] = self.total
         final["peak_rss_mb_by_rank"] = _gather_floats(_peak_rss_mb(), self.world)
         if first_step_unix is not None:
-            final.update(setup_s=setup_s, first_step_unix=first_step_unix)
+            final.update(setup_s=setup_s, first_step_unix=first_step_unix, entered_unix=self.ws.entered_unix)
         final["wall_s"] = time.perf_counter() - self.t_start
         if self.rank == 0:
             self._emit({"event": "phase_done", "method": self.method_name, "wall_s": final["wall_s"], "pid": os.getpid(),
