@@ -18,6 +18,7 @@ import pytest
 from dist_core import spec
 from dist_core.posttrain import methods
 from dist_core.runner import run_job
+from dist_core.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -68,8 +69,8 @@ def _job(name, data, overrides=(), sft=None, pref=None):
     return spec.load_text(text, f"{name}.yaml", list(overrides))
 
 
-def _run(job, out):
-    summary = run_job(job, out=out, progress=False, echo=lambda s: None)
+def _run(job, out, listeners=(), run_dir=None):
+    summary = run_job(job, out=out, progress=False, echo=lambda s: None, listeners=list(listeners), run_dir=run_dir)
     run_dir = Path(summary["checkpoint"]).parent
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return summary, run_dir, [r for r in records if r.get("phase") == "main" and "event" not in r]
@@ -133,7 +134,8 @@ def test_alright_coin_is_one_per_step_and_a_killed_worker_resumes_from_the_check
     # Ray Train has registered the checkpoints of steps 8 and 16.
     job = _job("kill", small_data, ["method=alright", "lam=0.5", "epochs=6", "checkpoint_every=8", "max_failures=1"])
     box = {}
-    thread = threading.Thread(target=lambda: box.update(r=_run(job, tmp_path)))
+    handed = CheckpointLog()
+    thread = threading.Thread(target=lambda: box.update(r=_run(job, tmp_path, [handed])))
     thread.start()
     killed = None
     deadline = time.time() + 400
@@ -164,6 +166,35 @@ def test_alright_coin_is_one_per_step_and_a_killed_worker_resumes_from_the_check
     model = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"))
     assert (run_dir / "model" / "model.safetensors").exists() and model.config.model_type == "llama"
     assert (run_dir / "plots" / "plane.png").stat().st_size > 10_000
+
+    # The checkpoints a Tune trial reports: each main-phase checkpoint handed to the listeners, whole.
+    assert [step for step, _ in handed.seen][-1] == 40 and all(step % 8 == 0 for step, _ in handed.seen)
+    step, source = handed.seen[-1]
+    assert json.loads((source / "meta.json").read_text()) == {"phase": "main", "step": 40}
+    # Placed in a new run directory as Tune places a restored (or PBT-copied) trial's checkpoint, it is
+    # where that run continues: steps 41-48 only, to the same final losses.
+    again = RunDir.create(tmp_path / "restored", job.name)
+    again.place_checkpoint(source, step)
+    summary2, _, records2 = _run(job, tmp_path / "restored", run_dir=again)
+    assert [r["step"] for r in records2] == list(range(41, 49))
+    for key in ("f_sft", "f_dpo"):
+        assert summary2["metrics"][key] == pytest.approx(summary["metrics"][key], rel=1e-6)
+
+
+class CheckpointLog:
+    """A run listener that keeps the checkpoints a run hands out (what a Tune trial reports)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_record(self, record):
+        pass
+
+    def on_checkpoint(self, step, path):
+        self.seen.append((step, Path(path)))
+
+    def on_end(self, summary, run_dir):
+        pass
 
 
 def test_sequential_job_through_the_cli(small_data, tmp_path):

@@ -168,13 +168,20 @@ def total_steps(job: PosttrainJob) -> int:
 
 
 def _eval_reports(job: PosttrainJob) -> int:
-    """Evaluations of the main phase (step 0, every eval_every steps, the last step): Tune's max_t."""
-    return 2 + total_steps(job) // job.eval_every
+    """Evaluations of the main phase after step 0 (every eval_every steps, the last step): Tune's max_t."""
+    return 1 + total_steps(job) // job.eval_every
+
+
+def _is_report(record: dict) -> bool:
+    """A main-phase evaluation after step 0 is one Tune iteration. Step 0 is left out, so with
+    ``checkpoint_every = k·eval_every`` every k-th iteration carries a checkpoint, the iterations PBT
+    perturbs at when ``perturbation_interval = k``."""
+    return record.get("phase") == "main" and "f_sft" in record and "event" not in record and record.get("step", 0) > 0
 
 
 # Ray Train places its workers in a placement group of its own, outside the trial's: the trial
 # reserves only its driver, and the sweep counts the workers' CPUs when it sizes concurrency.
 SWEEP = SweepHooks(bundles=lambda job, trial_cpus: [{"CPU": trial_cpus}], iterations=_eval_reports,
-                   is_report=lambda r: r.get("phase") == "main" and "f_sft" in r and "event" not in r,
+                   is_report=_is_report,
                    plot="dist_core.posttrain.job:plot_pareto",
-                   outside=lambda job: job.workers * job.cpus_per_worker)
+                   outside=lambda job: job.workers * job.cpus_per_worker, restorable=True)

@@ -70,7 +70,8 @@ TRAIN_RUN = "run"  # the Ray Train run's name: checkpoints under <run dir>/train
 
 
 def _fit(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], done: dict[str, dict[str, Any]],
-         model_dir: Path, progress: bool, export_to: Path, name: str = TRAIN_RUN) -> dict[str, dict[str, Any]]:
+         model_dir: Path, progress: bool, export_to: Path, name: str = TRAIN_RUN,
+         resume_from: Path | None = None) -> dict[str, dict[str, Any]]:
     """One TorchTrainer run of ``phases`` (``worker.train_loop``); returns every phase's final metrics
     and copies the model the last phase exports to ``export_to``."""
     from .worker import train_loop
@@ -78,7 +79,9 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], done:
     sink = MetricsSink.remote()
     cfg = {"job": job.model_dump(mode="json"), "phases": phases, "done": done, "model_dir": str(model_dir),
            "build_model": job.model.path is None,
-           "ref_cache": str(reference_cache_dir()), "sink": sink}
+           "ref_cache": str(reference_cache_dir()), "sink": sink,
+           # Where the workers start when the Ray Train run has no checkpoint of its own yet.
+           "resume_from": str(resume_from) if resume_from else None}
     descs = {p["name"]: f"{p['name']} ({p['method']})" for p in phases}
     first = next(p["name"] for p in phases if p["name"] not in done)
     t0 = time.time()
@@ -106,6 +109,7 @@ def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phas
     Returns the ``final.json`` of the last checkpoint; its ``model/`` is copied to ``export_to`` if given.
     Any kind whose workers end with ``worker.export_model`` can use it. ``phase`` names the Ray Train
     run; when records carry a phase listed in ``descs``, the progress bar restarts under its name.
+    Checkpoints of the ``main`` phase are handed to the run's listeners (a Tune trial reports them).
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -116,11 +120,12 @@ def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phas
     except RunError:
         ray.kill(sink)
         raise
+    storage = (run_dir.path / "train").resolve()
     trainer = TorchTrainer(
         loop, train_loop_config=cfg, torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
                                      resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(name=phase, storage_path=str((run_dir.path / "train").resolve()),
+        run_config=RunConfig(name=phase, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=max_failures)))
     box: dict[str, Any] = {}
 
@@ -149,6 +154,8 @@ def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phas
                 bar.n = record["step"]
                 bar.set_postfix({k: f"{record[k]:.3f}" for k in postfix if k in record})
                 bar.refresh()
+            if record.get("event") == "checkpoint" and record.get("phase") == "main":
+                run_dir.hooks.on_checkpoint(record["step"], storage / phase / record["dir"])
             if record.get("event") == "resumed":
                 log.info("%s: resumed at step %d", phase, record["step"])
     bar.close()
@@ -179,7 +186,8 @@ def check_fits(workers: int, cpus_per_worker: float) -> None:
 
 
 def run_phases(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], model_dir: Path,
-               progress: bool, export_to: Path, name: str = TRAIN_RUN) -> dict[str, dict[str, Any]]:
+               progress: bool, export_to: Path, name: str = TRAIN_RUN,
+               resume_from: Path | None = None) -> dict[str, dict[str, Any]]:
     """Every phase's final metrics: read from ``phases/<name>.json`` when an earlier run finished it,
     else trained (all unfinished phases in one worker group, the Ray Train run ``name``) and recorded
     there."""
@@ -188,7 +196,7 @@ def run_phases(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]],
             for p in phases if (finished / f"{p['name']}.json").exists()}
     if len(done) == len(phases):
         return done
-    finals = _fit(job, run_dir, phases, done, model_dir, progress, export_to, name)
+    finals = _fit(job, run_dir, phases, done, model_dir, progress, export_to, name, resume_from)
     finished.mkdir(exist_ok=True)
     for phase, final in finals.items():
         if phase not in done:
@@ -201,6 +209,29 @@ def _phase(job: PosttrainJob, run_dir: RunDir, phase: str, method: str, optima: 
     """A one-phase run (another kind's warm-up, e.g. distillation's SFT of the teacher)."""
     spec = {"name": phase, "method": method, "optima": list(optima) if optima else None}
     return run_phases(job, run_dir, [spec], model_dir, progress, export_to, name=phase)[phase]
+
+
+def restored_checkpoint(run_dir: RunDir, phases: list[dict[str, Any]]) -> Path | None:
+    """A checkpoint placed in ``checkpoints/`` (a Tune trial restored, or a PBT exploit copying another
+    trial's), made the only place this run continues from: the trial's own Ray Train run, finished
+    phases and records past the checkpoint's step are dropped."""
+    from .worker import PROGRESS
+
+    placed = run_dir.latest_checkpoint()
+    if placed is None or not (placed / "meta.json").exists() or not (placed / PROGRESS).exists():
+        return None
+    meta = json.loads((placed / "meta.json").read_text())
+    shutil.rmtree(run_dir.path / "train" / TRAIN_RUN, ignore_errors=True)
+    shutil.rmtree(run_dir.path / "phases", ignore_errors=True)
+    order = [p["name"] for p in phases]
+    at = order.index(meta["phase"]) if meta["phase"] in order else len(order)
+
+    def before(r: dict[str, Any]) -> bool:
+        i = order.index(r["phase"]) if r.get("phase") in order else -1
+        return i < at or (i == at and "event" not in r and r.get("step", 0) <= meta["step"])
+
+    run_dir.rewrite_metrics([r for r in run_dir.read_metrics() if before(r)])
+    return placed
 
 
 def job_phases(job: PosttrainJob) -> list[dict[str, Any]]:
@@ -271,7 +302,8 @@ def run(job: PosttrainJob, run_dir: RunDir, hooks: RunHooks, resume: bool = Fals
     # A model given as a config is built by rank 0 of the worker group, which imports transformers anyway.
     model_dir = job.model.path or run_dir.path / "init_model"
     phases = job_phases(job)
-    finals = run_phases(job, run_dir, phases, model_dir, progress, run_dir.path / "model")
+    start_from = restored_checkpoint(run_dir, phases) if resume else None
+    finals = run_phases(job, run_dir, phases, model_dir, progress, run_dir.path / "model", resume_from=start_from)
     optima: tuple[float, float] | None = (job.optima.sft, job.optima.dpo) if job.optima else None
     if "opt_sft" in finals:
         optima = (finals["opt_sft"]["f_sft"], finals["opt_dpo"]["f_dpo"])

@@ -364,11 +364,16 @@ class Trainer:
             self.engine.save_checkpoint(d, tag=STATE_TAG, client_state=client)
             if self.rank == 0:
                 write_progress(Path(d), self.done, self.phase)
+                (Path(d) / "meta.json").write_text(json.dumps({"phase": self.phase, "step": step}))
                 if self.ref_train is not None:
                     from safetensors.torch import save_file
 
                     save_file({"logps": self.ref_train.contiguous()}, str(Path(d) / "ref_train.safetensors"))
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+            name = checkpoint_name(self.phase, step)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d), checkpoint_dir_name=name)
+        dist.barrier()  # every rank's shard is uploaded: the driver may hand the directory on (to Tune)
+        if self.rank == 0:
+            self._emit({"event": "checkpoint", "step": step, "dir": name})
 
     def _finish(self, final: dict[str, Any], is_last: bool) -> None:
         """End the phase with a checkpoint: the exported model after the last phase, else only the
@@ -553,6 +558,11 @@ class Trainer:
         return final
 
 
+def checkpoint_name(phase: str, step: int) -> str:
+    """The directory of a mid-phase checkpoint in the Ray Train run (the same name on every rank)."""
+    return f"{phase}_step_{step:06d}"
+
+
 def write_progress(d: Path, done: dict[str, dict[str, Any]], current: str | None) -> None:
     (d / PROGRESS).write_text(json.dumps({"done": done, "current": current}))
 
@@ -587,6 +597,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
     ws = Workspace(cfg)
     ckpt = ray.train.get_checkpoint()
+    if ckpt is None and cfg.get("resume_from"):  # a Tune trial restored, or a PBT exploit
+        ckpt = ray.train.Checkpoint.from_directory(cfg["resume_from"])
     saved, current = read_progress(ckpt)
     done = {**(cfg.get("done") or {}), **saved}
     phases = cfg["phases"]
