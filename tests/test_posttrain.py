@@ -49,6 +49,7 @@ deepspeed:
 workers: 2
 eval_every: 4
 checkpoint_every: 0
+precompute_ref: false
 """
 
 

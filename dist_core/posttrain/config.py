@@ -121,7 +121,8 @@ class PosttrainJob(JobBase):
     max_eval_steps: int = Field(10, ge=1, description="maxright: steps between re-evaluating both losses")
     optima: Optima | None = Field(None, description="(f*_SFT, f*_DPO); unknown: 0, or estimate_optima")
     estimate_optima: bool = Field(False, description="train SFT-only and DPO-only runs first, record f*")
-    precompute_ref: bool = Field(False, description="reference log-probs once, cached on disk by fingerprint")
+    precompute_ref: bool = Field(True, description="the frozen reference's log-probs as tables made once and cached "
+                                 "on disk by fingerprint; false: a reference model runs beside the policy")
     optim: OptimSection = Field(default_factory=OptimSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     workers: int = Field(2, ge=1, description="Ray Train workers (one DeepSpeed rank each)")

@@ -290,7 +290,11 @@ class Trainer:
         if self.ref_model is not None:
             return self._forward_fn(self.ref_model)
         if self.start_step > 0:
-            raise RuntimeError("precomputed reference tables are missing from the cache on resume")
+            # Resumed without the table cache (another machine, a cleared cache): the policy has moved
+            # on, so the initial model is loaded from its directory for the table.
+            if self.ws.ref_model is None:
+                self.ws.ref_model = self._reference_model()
+            return self._forward_fn(self.ws.ref_model)
         return self._forward_fn(self.engine)
 
     def _table(self, chosen: D.Encoded, rejected: D.Encoded, rows: int, forward, key: str | None) -> torch.Tensor:
