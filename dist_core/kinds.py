@@ -114,3 +114,4 @@ register(Kind("bl_just", "dist_core.bljust.config:BLJustJob", "dist_core.bljust.
               sweep="dist_core.bljust.config:SWEEP"))
 register(Kind("stn", "dist_core.stn.config:STNJob", "dist_core.stn.job:run", needs_ray=False,
               sweep="dist_core.stn.config:SWEEP"))
+register(Kind("semivectorial", "dist_core.semivectorial.config:SemivectorialJob", "dist_core.semivectorial.job:run"))

@@ -46,6 +46,28 @@ def _theta_tensors(prefix: str, theta: dict[str, torch.Tensor]) -> dict[str, np.
     return {f"{prefix}/{k}": v.detach().numpy() for k, v in theta.items()}
 
 
+@dataclass
+class SavedRuns:
+    """The latest checkpoint of a job made of runs one after another (this kind's and semivectorial's)."""
+
+    path: str
+    run: int  # the run in progress; the number of runs once all have finished
+    finished: dict[int, dict[str, torch.Tensor]]  # run index -> final θ
+    state: dict[str, np.ndarray]  # the run in progress's state tensors, without their "state/" prefix
+    meta: dict
+
+
+def load_runs(run_dir: RunDir) -> SavedRuns | None:
+    ckpt = run_dir.latest_checkpoint()
+    if ckpt is None:
+        return None
+    flat, meta = checkpoint.load(ckpt)
+    finished = {i: {k: torch.from_numpy(np.array(flat[f"final/{i}/{k}"])) for k in meta["theta_keys"]}
+                for i in meta["finished"]}
+    state = {k[len("state/"):]: v for k, v in flat.items() if k.startswith("state/")}
+    return SavedRuns(str(ckpt), meta["run"], finished, state, meta)
+
+
 def run(job, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
     from tqdm.auto import tqdm
 
@@ -60,15 +82,11 @@ def run(job, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResul
     start: PreferenceState | None = None
     current = 0
     if resume:
-        ckpt = run_dir.latest_checkpoint()
-        if ckpt is not None:
-            flat, meta = checkpoint.load(ckpt)
-            current = meta["run"]
-            for i in meta["finished"]:
-                finished[i] = {k: torch.from_numpy(np.array(flat[f"final/{i}/{k}"])) for k in meta["theta_keys"]}
-            start = PreferenceState.from_flat({k[len("state/"):]: v for k, v in flat.items() if k.startswith("state/")},
-                                              meta["state"])
-            log.info("resuming run %d of %d at step %d (%s)", current + 1, len(todo), start.step, ckpt)
+        saved = load_runs(run_dir)
+        if saved is not None:
+            current, finished = saved.run, saved.finished
+            start = PreferenceState.from_flat(saved.state, saved.meta["state"])
+            log.info("resuming run %d of %d at step %d (%s)", current + 1, len(todo), start.step, saved.path)
         last = current * m.steps + (start.step if start else 0)
         run_dir.truncate_metrics(last, key="global_step")
 

@@ -104,6 +104,25 @@ class RayPool:
             self.ray.kill(actor, no_restart=True)
 
 
+class Restarting:
+    """A pool whose dead learner is replaced and the call redone, up to ``max_restarts`` times.
+
+    Learners hold nothing but their data, so a redone call returns what the lost one would have."""
+
+    def __init__(self, pool: "LocalPool | RayPool", max_restarts: int):
+        self.pool, self.max_restarts, self.restarts = pool, max_restarts, 0
+
+    def compute(self, theta: Arrays, step: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        while True:
+            try:
+                return self.pool.compute(theta, step)
+            except ActorFailure as e:
+                if self.restarts >= self.max_restarts:
+                    raise RunError(f"{e}; gave up after {self.restarts} restart(s)") from None
+                self.restarts += 1
+                self.pool.respawn()
+
+
 def make_pool(problem: MultiObjectiveProblem, shards: Sequence[Any], backend: str = "ray",
               cpus_per_learner: float = 1.0, fail_at: dict[int, int] | None = None) -> LocalPool | RayPool:
     if backend == "ray":
@@ -213,24 +232,13 @@ def solve_preference(
     state = start or PreferenceState(0, tree.detached(params))
     geo = problem.geometry()
     history: list[dict[str, float]] = []
-    restarts = 0
-
-    def compute(theta_arrays: Arrays, step: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        nonlocal restarts
-        while True:
-            try:
-                return pool.compute(theta_arrays, step)
-            except ActorFailure as e:
-                if restarts >= max_restarts:
-                    raise RunError(f"{e}; gave up after {restarts} restart(s)") from None
-                restarts += 1
-                pool.respawn()
+    retry = Restarting(pool, max_restarts)
 
     try:
         weights = None
         while state.step < steps:
             t0 = time.perf_counter()
-            F, J = _mean(compute(to_arrays(state.theta), state.step))
+            F, J = _mean(retry.compute(to_arrays(state.theta), state.step))
             weights, dual_state = weights_for(method, J @ J.T, F, geo, cfg, state.dual)
             d = -(J.T @ weights.lam)
             update = tree.unflatten(d, state.theta)
@@ -243,11 +251,11 @@ def solve_preference(
             if on_checkpoint is not None and ((checkpoint_every and state.step % checkpoint_every == 0)
                                               or state.step == steps):
                 on_checkpoint(state)
-        F, J = _mean(compute(to_arrays(state.theta), state.step))
+        F, J = _mean(retry.compute(to_arrays(state.theta), state.step))
         if weights is None:  # nothing to run (steps reached already): the weights at the final point
             weights, _ = weights_for(method, J @ J.T, F, geo, cfg, state.dual)
         return PreferenceResult(tree.unwrap(dict(state.theta), was_tensor), [float(v) for v in F], weights,
-                                history, state, restarts)
+                                history, state, retry.restarts)
     finally:
         if own_pool:
             pool.close()
