@@ -281,11 +281,72 @@ def bench_memory(n: int = 4000, dim: int = 500, inner: tuple[int, ...] = (10, 10
             "rows": rows}
 
 
+# ---------------------------------------------------------------- 5. Self-Tuning Networks: the amortised hypergradient
+def _ridge_bilevel(data):
+    """The same ridge problem for the implicit estimator: θ = w, λ = u, L_T and L_V as in ``stn/ridge.py``."""
+    from dist_core.bilevel.problem import BilevelProblem
+
+    n = len(data.y)
+    lower = lambda w, u, _b: 0.5 * ((data.x @ w - data.y) ** 2).sum() / n + 0.5 * torch.exp(u) * (w * w).sum() / n  # noqa: E731
+    upper = lambda w, u, _b: 0.5 * ((data.x_val @ w - data.y_val) ** 2).mean()  # noqa: E731
+    return BilevelProblem(lower=lower, upper=upper)
+
+
+def bench_stn(cycles: tuple[int, ...] = (50, 200, 800), u0: float = 0.0) -> dict:
+    from dist_core.threads import torch_threads
+
+    with torch_threads(1):  # as the stn kind runs
+        return _bench_stn(cycles, u0)
+
+
+def _bench_stn(cycles: tuple[int, ...], u0: float) -> dict:
+    """dL_V/du at u0 three ways on ridge regression, where it is known in closed form.
+
+    An STN trained at a frozen u0 (its φ-steps at u perturbed with σ = 0.2, no λ-steps) reads the
+    hypergradient off its best-response layer, d/du L_V(ŵ_φ(u)); the implicit CG estimator solves
+    with the lower Hessian at w*(u0). The STN pays per training cycle instead of per hypergradient."""
+    from dist_core.stn import hyper, ridge
+    from dist_core.stn.loop import STN, STNConfig, STNState
+
+    data = ridge.make_data(20, 50, 5, 1.0, seed=0)
+    w_star, dw = ridge.closed_form(data, u0)
+    w_live = w_star.clone().requires_grad_(True)
+    exact = float(torch.dot(torch.autograd.grad(ridge.validation_loss(data, w_live), w_live)[0], dw))
+    rows = []
+    for t in cycles:
+        load = os.getloadavg()[0]
+        state = STNState(ridge.init_phi(5, 0), torch.tensor([u0], dtype=torch.float64),
+                         torch.tensor([hyper.inv_softplus(0.2)], dtype=torch.float64), torch.Generator().manual_seed(0))
+        stn = STN(ridge.make_problem(data), state, STNConfig(train_steps=3, valid_steps=1, warmup_steps=10**9,
+                                                             lr_phi=0.03, phi_optimizer="adam", tune_scales=False))
+        t0 = time.perf_counter()
+        for _ in range(t):
+            stn.cycle(lambda: (None, 64), lambda: (None, 1))
+        wall = time.perf_counter() - t0
+        uu = torch.tensor([[u0]], dtype=torch.float64, requires_grad=True)
+        g = float(torch.autograd.grad(ridge.validation_loss(data, ridge.best_response(stn.phi, uu)[0]), uu)[0])
+        rows.append({"arm": f"STN, {t} cycles", "cycles": t, "ms_per_cycle": 1e3 * wall / t,
+                     "hypergradient": g, "rel_error": abs(g - exact) / abs(exact), "load_1min": load})
+    problem = _ridge_bilevel(data)
+    u = torch.tensor(u0, dtype=torch.float64)
+    for iters in (5, 20):
+        load = os.getloadavg()[0]
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            g = float(hypergradient(problem, w_star, u, None, None, method="implicit_cg", iters=iters))
+            times.append(time.perf_counter() - t0)
+        rows.append({"arm": f"implicit_cg, {iters} iterations, at w*", "ms_per_hypergradient": 1e3 * median(times),
+                     "hypergradient": g, "rel_error": abs(g - exact) / abs(exact), "load_1min": load})
+    return {"problem": {"n_train": 20, "n_val": 50, "dim": 5, "u": u0, "exact": exact}, "rows": rows}
+
+
 PARTS = {  # JSON key -> (CLI name, function of the parsed args)
     "estimators_quadratic_d200": ("estimators", lambda a: bench_estimators()),
     "quickstart_round_by_method": ("quickstart", lambda a: bench_quickstart_rounds()),
     "paths": ("paths", lambda a: bench_paths(a.quick)),
     "memory_vs_inner_steps": ("memory", lambda a: bench_memory()),
+    "stn_ridge": ("stn", lambda a: bench_stn()),
 }
 HEADER = ("benchmark", "date", "commit", "machine")
 

@@ -22,12 +22,11 @@ The reported error is ‖W − x*‖² averaged over the second half of the run 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
+from ..threads import torch_threads
 from . import devices
 from .optim import TikiTaka, TikiTakaV2, expected_increment
 
@@ -71,17 +70,6 @@ def _device(tau: float, dw_min: float, seed: int) -> devices.Device:
                         dw_min_std=0.0, w_max_dtod=0.0, w_min_dtod=0.0, up_down_dtod=0.0)
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Tiny (rows × 40) ops: extra BLAS threads only spin, and stall badly when the cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def simulate(problem: Problem, method: str, alphas: list[float], s: ToySettings, seed: int = 0,
              transfer_lrs: list[float] | None = None) -> tuple[list[float], list[list[float]]]:
     """Run ``method`` for every α at once (one row each; Tiki-Taka's row r transfers with
@@ -89,7 +77,7 @@ def simulate(problem: Problem, method: str, alphas: list[float], s: ToySettings,
     ``curve_points`` block averages of ‖W − x*‖²)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    with _one_thread():
+    with torch_threads(1):
         return _simulate(problem, method, alphas, s, seed, transfer_lrs)
 
 

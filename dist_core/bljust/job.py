@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import checkpoint, plots
 from ..runs import JobResult, RunDir, RunHooks
+from ..threads import torch_threads
 from .config import BLJustJob
 from .data import make_data
 from .train import ArmConfig, ArmRunner, Phase, Ramp
@@ -33,6 +34,11 @@ def arm_config(job: BLJustJob) -> ArmConfig:
 
 
 def run(job: BLJustJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
+    with torch_threads(1):  # small ops in this process: extra threads only spin (see ``dist_core.threads``)
+        return _run(job, run_dir, hooks, resume)
+
+
+def _run(job: BLJustJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
     from tqdm.auto import tqdm
 
     b = job.bl_just

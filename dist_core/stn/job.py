@@ -15,6 +15,7 @@ import torch
 
 from .. import checkpoint, plots
 from ..runs import JobResult, RunDir, RunHooks
+from ..threads import torch_threads
 from . import digits, hyper
 from .config import STNJob
 from .loop import STN, STNConfig, STNState, state_from_arrays, state_to_arrays
@@ -43,6 +44,11 @@ def stn_config(job: STNJob) -> STNConfig:
 
 
 def run(job: STNJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
+    with torch_threads(1):  # small ops in this process: extra threads only spin (see ``dist_core.threads``)
+        return _run(job, run_dir, hooks, resume)
+
+
+def _run(job: STNJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
     from tqdm.auto import tqdm
 
     s = job.stn
