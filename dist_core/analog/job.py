@@ -68,7 +68,10 @@ class Position:
     samples: int = 0
     cycles: int = 0
     busy: float = 0.0  # useful stage-steps (density × stages × cycles, summed over epochs)
-    wall: float = 0.0
+    wall: float = 0.0  # seconds in the epochs' schedules, the stages already up
+    startup: float = 0.0  # seconds from creating the stages to all of them answering (each start)
+    steady_samples: int = 0  # samples and seconds of the epochs after each start's first (warm-up) epoch
+    steady_wall: float = 0.0
     last: Record | None = None  # the schedule's last record
     done: dict[str, dict[str, float]] = field(default_factory=dict)  # finished schedule -> its metrics
 
@@ -77,7 +80,16 @@ class Position:
 
     def meta(self, epochs: int) -> dict[str, Any]:
         return {"round": self.step(epochs), "schedule": self.schedule, "epoch": self.epoch, "samples": self.samples,
-                "cycles": self.cycles, "busy": self.busy, "wall": self.wall, "last": self.last, "done": self.done}
+                "cycles": self.cycles, "busy": self.busy, "wall": self.wall, "startup": self.startup,
+                "steady_samples": self.steady_samples, "steady_wall": self.steady_wall, "last": self.last,
+                "done": self.done}
+
+
+def _throughput(pos: Position) -> float:
+    """Steady-state samples/s: the epochs after each start's first; all epochs when there are no others."""
+    if pos.steady_wall > 0:
+        return pos.steady_samples / pos.steady_wall
+    return pos.samples / pos.wall if pos.wall else 0.0
 
 
 def record_step(record: Record, schedules: list[str], epochs: int) -> int | None:
@@ -102,7 +114,8 @@ def _restore(job: AnalogPipelineJob, run_dir: RunDir) -> tuple[Position, dict[st
         raise RunError(f"{path} is schedule {meta['schedule']} epoch {meta['epoch']}, outside this job's "
                        f"{len(a.schedules)} schedules × {a.epochs} epochs")
     fields = {k: meta[k] for k in ("schedule", "epoch", "samples", "cycles", "busy", "wall", "last", "done")}
-    return Position(**fields), tensors
+    extra = {k: meta.get(k, 0) for k in ("startup", "steady_samples", "steady_wall")}  # older checkpoints lack them
+    return Position(**fields, **extra), tensors
 
 
 def _layers(job: AnalogPipelineJob, tensors: dict[str, np.ndarray] | None) -> list[list[Layer]]:
@@ -147,9 +160,14 @@ def run(job: AnalogPipelineJob, run_dir: RunDir, hooks: RunHooks, resume: bool =
         device = devices.make(a.device.name, seed=job.seed, **a.device.params) if a.device else None
         groups = _layers(job, tensors if pos is at else None)
         args = [(g, i == a.stages - 1, a.lr, sync, a.micro_batches, device) for i, g in enumerate(groups)]
+        t_up = time.perf_counter()
         stages = [ray.remote(num_cpus=0)(Stage).remote(*arg, threads=1) for arg in args] if remote \
             else [Stage(*arg) for arg in args]
+        if remote:  # actors start asynchronously: wait, so that their start-up is not counted as training
+            ray.get([s.weights.remote() for s in stages])
+        pos.startup += time.perf_counter() - t_up
         rng = np.random.default_rng(job.seed)
+        pos_start = pos.epoch
         for _ in range(pos.epoch):  # the epochs done drew these orders
             rng.permutation(len(xtr))
         for epoch in tqdm(range(pos.epoch, a.epochs), desc=f"{schedule} epochs", disable=not hooks.progress,
@@ -161,20 +179,24 @@ def run(job: AnalogPipelineJob, run_dir: RunDir, hooks: RunHooks, resume: bool =
                     else asynchronous(a.stages, len(xs)))
             t0 = time.perf_counter()
             execute(plan, stages, xs, ys, remote=remote)
-            pos.wall += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            pos.wall += spent
             pos.samples += len(order)
+            if epoch > pos_start:  # the first epoch after a start warms the stages up: not steady state
+                pos.steady_wall += spent
+                pos.steady_samples += len(order)
             pos.cycles += plan.cycles
             pos.busy += plan.density * plan.stages * plan.cycles
             weights = ray.get([s.weights.remote() for s in stages]) if remote else [s.weights() for s in stages]
             loss, acc = evaluate(weights, xte, yte)
             pos.last = {"schedule": schedule, "epoch": epoch + 1, "samples": pos.samples, "cycles": pos.cycles,
-                        "test_loss": loss, "test_acc": acc, "wall_s": pos.wall}
+                        "test_loss": loss, "test_acc": acc, "wall_s": pos.wall, "startup_s": pos.startup}
             run_dir.log_metrics(pos.last)
             pos.epoch = epoch + 1
             if pos.epoch == a.epochs:
                 done[schedule] = {"test_acc": pos.last["test_acc"], "cycles": pos.cycles,
                                   "density": pos.busy / (a.stages * pos.cycles),
-                                  "samples_per_s": pos.samples / pos.wall if pos.wall else 0.0}
+                                  "samples_per_s": _throughput(pos), "startup_s": pos.startup}
             pos.done = done
             run_dir.save_checkpoint(pos.step(a.epochs), _stage_tensors(weights), pos.meta(a.epochs))
         if remote:
