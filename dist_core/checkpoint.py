@@ -55,6 +55,12 @@ def save(directory: Path, tensors: dict[str, np.ndarray], meta: dict[str, Any]) 
     return directory
 
 
+def is_complete(directory: Path) -> bool:
+    """A checkpoint directory with its ``meta.json``, the file a save writes last (a placed copy of
+    a post-training checkpoint has one too, beside DeepSpeed's files instead of ours)."""
+    return (Path(directory) / META).is_file()
+
+
 def load(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     directory = Path(directory)
     tensors = load_file(str(directory / TENSORS))

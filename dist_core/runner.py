@@ -39,6 +39,9 @@ def run_job(
     echo(f"run directory: {run_dir.path}")
     log.info("%s job %s (%s)", "resuming" if resume else "starting", job.name, job.kind)
     run_dir.write_summary(job.kind, job.name, "running", {}, 0.0, None)
+    if resume:
+        for partial in run_dir.discard_partial_checkpoints():
+            log.info("removed %s, left by a checkpoint save that was killed", partial.name)
     t0 = time.perf_counter()
     try:
         hooks.listeners.extend(_trackers(job, run_dir, resume))

@@ -178,8 +178,24 @@ class RunDir:
         return target
 
     def latest_checkpoint(self) -> Path | None:
+        """The checkpoint ``latest.json`` names; if it is gone, the newest complete ``round_*``.
+
+        A checkpoint is renamed into place whole (``checkpoint.save``), so a ``round_*`` directory is
+        never half-written: a save killed midway leaves only a hidden temporary directory, which is
+        never picked. The pointer's target can be missing only when a save that re-wrote the same
+        round was killed between its two renames; the previous rounds are still there."""
         pointer = self.checkpoints / "latest.json"
-        if not pointer.exists():
-            return None
-        target = self.checkpoints / json.loads(pointer.read_text())["path"]
-        return target if target.exists() else None
+        if pointer.exists():
+            target = self.checkpoints / json.loads(pointer.read_text())["path"]
+            if checkpoint.is_complete(target):
+                return target
+        done = [d for d in sorted(self.checkpoints.glob("round_*")) if checkpoint.is_complete(d)]
+        return done[-1] if done else None
+
+    def discard_partial_checkpoints(self) -> list[Path]:
+        """Remove what killed saves left behind (hidden temporary directories); only the one writer
+        of this run directory may call it, before it saves again."""
+        partial = [p for p in self.checkpoints.glob(".round_*") if p.is_dir()] if self.checkpoints.exists() else []
+        for p in partial:
+            shutil.rmtree(p, ignore_errors=True)
+        return partial

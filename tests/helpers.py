@@ -40,3 +40,25 @@ def kill_when(cmd: list[str], cwd, ready, timeout: float, what: str, poll: float
         pytest.fail(f"not reached in {timeout:.0f} s: {what}")
     finally:
         kill_tree(driver.pid)
+
+
+class Killed(Exception):
+    """Raised by ``KillAt``: the run stopped as a kill would stop it."""
+
+
+class KillAt:
+    """A run listener that stops the run right after the record whose ``key`` is ``step`` (its records
+    after that one unwritten, its checkpoint, if any, older)."""
+
+    def __init__(self, step: int, key: str = "round"):
+        self.key, self.step = key, step
+
+    def on_record(self, record):
+        if record.get(self.key) == self.step:
+            raise Killed
+
+    def on_checkpoint(self, step, path):
+        pass
+
+    def on_end(self, summary, run_dir):
+        pass

@@ -16,6 +16,7 @@ from dist_core.bljust.losses import info_nce
 from dist_core.bljust.train import ArmRunner, Ramp, joint_gradients
 from dist_core.errors import SpecError
 from dist_core.runs import RunDir, RunHooks
+from helpers import KillAt, Killed
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "jobs" / "bl_just_digits.yaml"
@@ -120,25 +121,6 @@ def test_shipped_job_beats_supervised_only_at_equal_steps(tmp_path, capsys):
     assert (run_dir.plots / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-class _Killed(Exception):
-    pass
-
-
-class _KillAt:
-    def __init__(self, round_: int):
-        self.round = round_
-
-    def on_record(self, record):
-        if record["round"] == self.round:
-            raise _Killed
-
-    def on_checkpoint(self, step, path):
-        pass
-
-    def on_end(self, summary, run_dir):
-        pass
-
-
 def test_resume_continues_bit_for_bit_and_records_every_step_once(tmp_path):
     job = spec.load(SHIPPED, overrides=["bl_just.warmup.steps=5", "bl_just.joint.steps=5",
                                         "bl_just.finetune.steps=3", "bl_just.checkpoint_every=4",
@@ -151,8 +133,8 @@ def test_resume_continues_bit_for_bit_and_records_every_step_once(tmp_path):
 
     straight, clean = run(tmp_path / "straight")
     broken = RunDir.create(tmp_path, "broken")
-    broken.hooks = RunHooks(progress=False, listeners=[_KillAt(13 + 6)])  # inside the second arm
-    with pytest.raises(_Killed):
+    broken.hooks = RunHooks(progress=False, listeners=[KillAt(13 + 6)])  # inside the second arm
+    with pytest.raises(Killed):
         bljust_job.run(job, broken, broken.hooks, False)
     assert json.loads((broken.checkpoints / "latest.json").read_text())["round"] == 13 + 4
     _, resumed = run(broken.path, resume=True)

@@ -22,7 +22,7 @@ from dist_core.diffusion.trainer import BilevelConfig, Evaluator, Setup, learn_s
 from dist_core.errors import RunError
 from dist_core.runs import RunDir, RunHooks
 
-from helpers import kill_when
+from helpers import KillAt, Killed, kill_when
 
 ROOT = Path(__file__).resolve().parent.parent
 CMD = [sys.executable, str(ROOT / "launch.py")]
@@ -110,27 +110,6 @@ def test_bilevel_loop_moves_psi_and_counts_steps():
 
 
 # ------------------------------------------------------------ the job: records, checkpoints, bit-exact resume
-class _Killed(Exception):
-    pass
-
-
-class _KillAt:
-    """A listener that stops the run right after the record of one step (its checkpoint, if any, is older)."""
-
-    def __init__(self, key: str, step: int):
-        self.key, self.step = key, step
-
-    def on_record(self, record):
-        if record.get(self.key) == self.step:
-            raise _Killed
-
-    def on_checkpoint(self, step, path):
-        pass
-
-    def on_end(self, summary, run_dir):
-        pass
-
-
 def _run(job, run_dir: RunDir, resume: bool = False, listeners=()):
     run_dir.hooks = RunHooks(progress=False, listeners=list(listeners))
     return diffusion_job.run(job, run_dir, run_dir.hooks, resume)
@@ -165,8 +144,8 @@ def test_killed_job_resumes_bit_for_bit(method, tmp_path):
     assert SWEEP.iterations(job) == sum(map(SWEEP.is_report, records)) == len(evaluated)
 
     broken = RunDir.create(tmp_path, "broken")
-    with pytest.raises(_Killed):
-        _run(job, broken, listeners=[_KillAt(key, kill_at)])
+    with pytest.raises(Killed):
+        _run(job, broken, listeners=[KillAt(kill_at, key)])
     assert [r[key] for r in broken.read_metrics()][-1] == kill_at
     assert json.loads((broken.checkpoints / "latest.json").read_text())["round"] < kill_at
     resumed = _run(job, broken, resume=True)

@@ -14,6 +14,7 @@ from dist_core.runs import RunDir, RunHooks
 from dist_core.stn import digits, hyper, layers, ridge
 from dist_core.stn import job as stn_job
 from dist_core.stn.loop import STN, STNConfig, STNState
+from helpers import KillAt, Killed
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "jobs" / "stn_digits.yaml"
@@ -116,25 +117,6 @@ def test_learned_weight_decay_moves_toward_the_grid_optimum():
     assert learned > 1e-4
 
 
-class _Killed(Exception):
-    pass
-
-
-class _KillAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_record(self, record):
-        if record["round"] == self.step:
-            raise _Killed
-
-    def on_checkpoint(self, step, path):
-        pass
-
-    def on_end(self, summary, run_dir):
-        pass
-
-
 def test_job_end_to_end_and_bit_exact_resume(tmp_path):
     job = spec.load(SHIPPED, overrides=["stn.steps=30", "stn.warmup_steps=10", "stn.checkpoint_every=10",
                                         "stn.eval_every=10", "stn.hidden=16"])
@@ -146,8 +128,8 @@ def test_job_end_to_end_and_bit_exact_resume(tmp_path):
     assert summary["metrics"]["dropout"] != pytest.approx(0.05, abs=1e-6)  # λ moved
 
     broken = RunDir.create(tmp_path, "broken")
-    broken.hooks = RunHooks(progress=False, listeners=[_KillAt(25)])
-    with pytest.raises(_Killed):
+    broken.hooks = RunHooks(progress=False, listeners=[KillAt(25)])
+    with pytest.raises(Killed):
         stn_job.run(job, broken, broken.hooks, False)
     assert json.loads((broken.checkpoints / "latest.json").read_text())["round"] == 20
     broken.hooks = RunHooks(progress=False)
