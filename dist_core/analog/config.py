@@ -8,7 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..errors import DeviceConfigError
 from ..kinds import SweepHooks
-from ..specbase import JobBase, Strict
+from ..specbase import JobBase, ResourcesSpec, Strict
 from . import device_params
 
 
@@ -47,8 +47,15 @@ class AnalogPipelineSpec(Strict):
         return stages
 
 
+class AnalogPipelineResources(ResourcesSpec):
+    placement: Literal["pack", "spread", "strict_spread"] = Field(
+        "pack", description="pack: Ray's default scheduling; spread: one placement-group bundle per stage, on "
+                            "different nodes where possible; strict_spread: a distinct node per stage or fail")
+
+
 class AnalogPipelineJob(JobBase):
     kind: Literal["analog_pipeline"]
+    resources: AnalogPipelineResources = Field(default_factory=AnalogPipelineResources)
     analog: AnalogPipelineSpec = Field(default_factory=AnalogPipelineSpec)
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .. import checkpoint as ckpt_io
 from .. import plots
 from ..errors import RunError
+from ..placement import ActorPlacement
 from ..runs import JobResult, Record, RunDir, RunHooks
 from .config import AnalogPipelineJob
 from . import devices
@@ -137,6 +138,18 @@ def _layers(job: AnalogPipelineJob, tensors: dict[str, np.ndarray] | None) -> li
     return out
 
 
+def _start_stages(job: AnalogPipelineJob, args: list[tuple]) -> tuple[list[Any], ActorPlacement]:
+    """One actor per stage, each in its own placement-group bundle when the job asks to spread them.
+
+    Stages hold no CPU reservation (they wait on each other most of the time); a bundle needs a
+    resource to exist, so each holds a token 0.01 CPU."""
+    import ray
+
+    where = ActorPlacement(job.resources.placement, len(args), {"CPU": 0.01})
+    cls = ray.remote(num_cpus=0)(Stage)
+    return [cls.options(**where.options(i)).remote(*arg, threads=1) for i, arg in enumerate(args)], where
+
+
 def run(job: AnalogPipelineJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
     import ray
     from tqdm.auto import tqdm
@@ -152,6 +165,7 @@ def run(job: AnalogPipelineJob, run_dir: RunDir, hooks: RunHooks, resume: bool =
     xtr, ytr, xte, yte = load_digits(job.seed)
     per_epoch = len(xtr) // (a.micro_batch * a.micro_batches) * a.micro_batches  # whole mini-batches
     done = dict(at.done)
+    nodes: dict[str, list[str]] = {}  # schedule -> the node of each stage (remote stages only)
     for si, schedule in enumerate(a.schedules):
         if schedule in done:
             continue
@@ -161,10 +175,9 @@ def run(job: AnalogPipelineJob, run_dir: RunDir, hooks: RunHooks, resume: bool =
         groups = _layers(job, tensors if pos is at else None)
         args = [(g, i == a.stages - 1, a.lr, sync, a.micro_batches, device) for i, g in enumerate(groups)]
         t_up = time.perf_counter()
-        stages = [ray.remote(num_cpus=0)(Stage).remote(*arg, threads=1) for arg in args] if remote \
-            else [Stage(*arg) for arg in args]
+        stages, where = _start_stages(job, args) if remote else ([Stage(*arg) for arg in args], None)
         if remote:  # actors start asynchronously: wait, so that their start-up is not counted as training
-            ray.get([s.weights.remote() for s in stages])
+            nodes[schedule] = ray.get([s.node.remote() for s in stages])
         pos.startup += time.perf_counter() - t_up
         rng = np.random.default_rng(job.seed)
         pos_start = pos.epoch
@@ -202,6 +215,7 @@ def run(job: AnalogPipelineJob, run_dir: RunDir, hooks: RunHooks, resume: bool =
         if remote:
             for s in stages:
                 ray.kill(s)
+            where.remove()
     metrics = {f"{schedule}_{k}": v for schedule in a.schedules for k, v in done[schedule].items()}
     records = run_dir.read_metrics()
     curves = {s: [r for r in records if r.get("schedule") == s and "epoch" in r] for s in a.schedules}
@@ -211,4 +225,5 @@ def run(job: AnalogPipelineJob, run_dir: RunDir, hooks: RunHooks, resume: bool =
         plots.curves(run_dir.plots / f"loss_vs_{xkey}.png", f"{job.name}: S={a.stages}", [], panels, markers=True)
     latest = run_dir.latest_checkpoint()
     return JobResult(metrics, str(latest) if latest else None,
-                     {"stages": a.stages, "device": a.device.name if a.device else "digital"})
+                     {"stages": a.stages, "device": a.device.name if a.device else "digital",
+                      "placement": job.resources.placement, "stage_nodes": nodes})

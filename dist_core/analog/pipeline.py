@@ -111,6 +111,11 @@ class Stage:
     def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(l.weight.numpy().copy(), l.bias.numpy().copy()) for l in self.layers]
 
+    def node(self) -> str:
+        from ..placement import node_id
+
+        return node_id()
+
 
 def execute(plan: Plan, stages: list[Any], xs: list[np.ndarray], ys: list[np.ndarray], remote: bool) -> None:
     """Run ``plan`` over micro-batches ``xs``/``ys`` on ``stages`` (objects, or Ray actor handles)."""
