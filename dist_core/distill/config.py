@@ -117,6 +117,9 @@ class DistillJob(JobBase):
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     workers: int = Field(2, ge=1, description="Ray Train workers (one DeepSpeed rank each)")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs each Ray Train worker reserves")
+    placement: Literal["pack", "spread", "strict_spread"] = Field(
+        "pack", description="Ray Train's placement of the workers: pack on as few nodes as fit; spread over "
+                            "nodes where possible; strict_spread: a distinct node per worker or fail")
     epochs: int = Field(2, ge=1, description="epochs over the training pairs")
     eval_every: int = Field(10, ge=1, description="steps between held-out log-likelihood evaluations")
     checkpoint_every: int = Field(20, ge=0, description="steps between Ray Train checkpoints; 0: none")

@@ -130,7 +130,7 @@ def _train(job: DistillJob, run_dir: RunDir, teacher: Path, student: Path, pairs
     total = job.steps_per_epoch(len(read_rows(pairs["train"]))) * job.epochs
     final = fit_workers(train_loop, cfg, sink, run_dir, "main", total, f"distill ({job.loss.name})", job.workers,
                         job.cpus_per_worker, job.max_failures, progress, export_to=run_dir.path / "model",
-                        postfix=("loss",))
+                        postfix=("loss",), placement=job.placement)
     final["wall_s"] = time.perf_counter() - t0
     return _record(run_dir, "main", final)
 
@@ -223,7 +223,7 @@ def absolute(job: DistillJob) -> DistillJob:
 
 def run(job: DistillJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False) -> JobResult:
     from ..posttrain.distill_losses import get as loss_entry
-    from ..posttrain.job import dedupe_metrics
+    from ..posttrain.job import dedupe_metrics, worker_nodes
     from .teacher import ensure_table
 
     job = absolute(job)
@@ -244,4 +244,5 @@ def run(job: DistillJob, run_dir: RunDir, hooks: RunHooks, resume: bool = False)
     metrics = summarize(final, records, acc)
     return JobResult(metrics, str(run_dir.path / "model"),
                      {"loss": job.loss.name, "teacher_cache": job.teacher_cache, "teacher": str(teacher),
-                      "student": str(student), "pairs": {k: str(v) for k, v in pairs.items()}})
+                      "student": str(student), "pairs": {k: str(v) for k, v in pairs.items()},
+                      "workers": worker_nodes(run_dir)})

@@ -27,7 +27,7 @@ from ..posttrain import data as D
 from ..posttrain import distill_losses
 from ..posttrain.losses import token_logps
 from ..posttrain.worker import (STATE_TAG, _all_mean, _gather_floats, _lr_lambda, _optimizer, _peak_rss_mb,
-                                export_model, frozen_model, import_deepspeed)
+                                announce_node, export_model, frozen_model, import_deepspeed)
 from . import objective, teacher as T
 from .config import DistillJob
 
@@ -48,6 +48,7 @@ class DistillTrainer:
         torch.set_num_threads(max(1, int(job.cpus_per_worker)))
         deepspeed.init_distributed(dist_backend="gloo")
         self.sink, self.phase = cfg.get("sink"), cfg["phase"]
+        announce_node(self.sink, self.rank)
 
         self.tok = AutoTokenizer.from_pretrained(str(job.tokenizer.path))
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id

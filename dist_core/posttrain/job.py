@@ -87,7 +87,7 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], done:
     t0 = time.time()
     final = fit_workers(train_loop, cfg, sink, run_dir, name, total_steps(job), descs[first],
                         job.workers, job.cpus_per_worker, job.max_failures, progress, export_to,
-                        postfix=("sft_loss", "dpo_loss"), descs=descs)
+                        postfix=("sft_loss", "dpo_loss"), descs=descs, placement=job.placement)
     finals = final.pop("phases")
     # The first phase this fit() trained (a resumed one also returns phases of the run it continues).
     ran = [f for f in finals.values() if f.get("first_step_unix", 0.0) >= t0]
@@ -103,20 +103,21 @@ def _fit(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], done:
 def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phase: str, total: int, desc: str,
                 workers: int, cpus_per_worker: float, max_failures: int, progress: bool,
                 export_to: Path | None = None, postfix: tuple[str, ...] = (),
-                descs: dict[str, str] | None = None) -> dict[str, Any]:
+                descs: dict[str, str] | None = None, placement: str = "pack") -> dict[str, Any]:
     """Run ``loop`` on a ``TorchTrainer`` (gloo) while draining ``sink`` into ``metrics.jsonl``.
 
     Returns the ``final.json`` of the last checkpoint; its ``model/`` is copied to ``export_to`` if given.
     Any kind whose workers end with ``worker.export_model`` can use it. ``phase`` names the Ray Train
     run; when records carry a phase listed in ``descs``, the progress bar restarts under its name.
     Checkpoints of the ``main`` phase are handed to the run's listeners (a Tune trial reports them).
+    ``placement`` is Ray Train's strategy for the workers; each rank's node goes to ``workers.json``.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from tqdm import tqdm
 
     try:
-        check_fits(workers, cpus_per_worker)
+        check_fits(workers, cpus_per_worker, placement)
     except RunError:
         ray.kill(sink)
         raise
@@ -124,7 +125,8 @@ def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phas
     trainer = TorchTrainer(
         loop, train_loop_config=cfg, torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
+                                     resources_per_worker={"CPU": cpus_per_worker},
+                                     placement_strategy=placement.upper()),
         run_config=RunConfig(name=phase, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=max_failures)))
     box: dict[str, Any] = {}
@@ -139,9 +141,13 @@ def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phas
     thread.start()
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
     shown = None
+    nodes: dict[int, str] = {}
     while thread.is_alive():
         thread.join(timeout=1.0)
         for record in ray.get(sink.drain.remote()):
+            if record.get("event") == "worker_node":  # where a rank runs: for workers.json, not a metric
+                nodes[record["rank"]] = record["node"]
+                continue
             run_dir.log_metrics(record)
             if descs and record.get("phase") in descs and record["phase"] != shown:
                 shown = record["phase"]
@@ -160,8 +166,12 @@ def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phas
                 log.info("%s: resumed at step %d", phase, record["step"])
     bar.close()
     for record in ray.get(sink.drain.remote()):
-        run_dir.log_metrics(record)
+        if record.get("event") != "worker_node":
+            run_dir.log_metrics(record)
     ray.kill(sink)
+    if nodes:
+        write_json_atomic(run_dir.path / WORKERS_FILE,
+                          {"placement": placement, "nodes": [nodes[r] for r in sorted(nodes)]})
     if "error" in box:
         raise box["error"]
     result = box["result"]
@@ -176,13 +186,25 @@ def fit_workers(loop: Any, cfg: dict[str, Any], sink: Any, run_dir: RunDir, phas
     return final
 
 
-def check_fits(workers: int, cpus_per_worker: float) -> None:
+def check_fits(workers: int, cpus_per_worker: float, placement: str = "pack") -> None:
     """Ray Train would wait forever for workers the cluster cannot place: say so up front."""
     need = workers * cpus_per_worker
     have = ray.cluster_resources().get("CPU", 0.0)
     if need > have:
         raise RunError(f"{workers} workers x {cpus_per_worker} CPUs = {need:g} CPUs, but the cluster has "
                        f"{have:g}; lower workers or cpus_per_worker")
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if placement == "strict_spread" and nodes < workers:
+        raise RunError(f"placement strict_spread needs {workers} nodes (one per worker), the cluster has {nodes}; "
+                       "use spread, or add nodes")
+
+
+WORKERS_FILE = "workers.json"  # the placement and each rank's node, written by ``fit_workers``
+
+
+def worker_nodes(run_dir: RunDir) -> dict[str, Any] | None:
+    path = run_dir.path / WORKERS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def run_phases(job: PosttrainJob, run_dir: RunDir, phases: list[dict[str, Any]], model_dir: Path,
@@ -315,7 +337,8 @@ def run(job: PosttrainJob, run_dir: RunDir, hooks: RunHooks, resume: bool = Fals
     metrics = summarize(final, optima, records)
     metrics.update(startup_times(finals, phases))
     return JobResult(metrics, str(run_dir.path / "model"),
-                     {"method": job.method, "lam": job.lam, "optima": list(optima) if optima else None})
+                     {"method": job.method, "lam": job.lam, "optima": list(optima) if optima else None,
+                      "workers": worker_nodes(run_dir)})
 
 
 def startup_times(finals: dict[str, dict[str, Any]], phases: list[dict[str, Any]]) -> dict[str, float]:

@@ -178,6 +178,14 @@ def import_deepspeed() -> Any:
     return deepspeed
 
 
+def announce_node(sink: Any, rank: int) -> None:
+    """Tell the driver which Ray node this rank runs on (it writes them to ``workers.json``)."""
+    if sink is not None:
+        from ..placement import node_id
+
+        sink.put.remote({"event": "worker_node", "rank": rank, "node": node_id()})
+
+
 class Workspace:
     """What one rank keeps across the phases of a job: process group, tokenizer, data, the frozen
     reference model and its eval table. Phases differ only in model state, optimizer and method."""
@@ -205,6 +213,7 @@ class Workspace:
                 del model
             dist.barrier()
         self.sink = cfg.get("sink")
+        announce_node(self.sink, self.rank)
         self.tok = AutoTokenizer.from_pretrained(str(job.tokenizer.path))
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.corpus = _encode_split(self.tok, job)
