@@ -19,6 +19,8 @@ import pytest
 
 from dist_core.localcluster import LocalCluster
 
+from helpers import kill_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["head", "worker1", "worker2"]
 
@@ -124,6 +126,34 @@ def learner_nodes_logged(run_dir: Path) -> list[str]:
     return []
 
 
+# ------------------------------------------------------------------ pipeline stages and Ray Train workers over nodes
+def run_on(cluster, job: str, out: Path, *overrides: str) -> dict:
+    sets = [x for o in overrides for x in ("--set", o)]
+    proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), "run", job, "--address", cluster.gcs_address,
+                           "--out", str(out), *sets, "--no-progress"], env=cluster.env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(next(out.glob("*/summary.json")).read_text())
+
+
+def test_pipeline_stages_run_one_per_node(cluster, tmp_path):
+    summary = run_on(cluster, "jobs/aimc_pipeline.yaml", tmp_path, "analog.epochs=1", "resources.placement=strict_spread")
+    names = node_names(cluster)
+    assert summary["placement"] == "strict_spread"
+    for schedule, nodes in summary["stage_nodes"].items():
+        assert sorted(names[n] for n in nodes) == NAMES, schedule
+
+
+def test_posttrain_workers_spread_over_nodes(cluster, tmp_path):
+    summary = run_on(cluster, "jobs/sft_dpo_alright.yaml", tmp_path, "epochs=1", "estimate_optima=false",
+                     "placement=strict_spread", "data.train_rows=128", "data.eval_rows=16")
+    assert summary["status"] == "succeeded"
+    workers = summary["workers"]
+    names = node_names(cluster)
+    assert workers["placement"] == "strict_spread" and len(workers["nodes"]) == 2
+    assert len({names[n] for n in workers["nodes"]}) == 2  # two ranks, two nodes
+
+
 def test_bilevel_learners_spread_and_survive_a_lost_node(cluster, tmp_path):
     """Learners spread over nodes (one per 1-CPU node); the node of one is SIGKILLed after the
     first checkpoint; the run rolls every learner back to that checkpoint on the nodes left and
@@ -132,6 +162,29 @@ def test_bilevel_learners_spread_and_survive_a_lost_node(cluster, tmp_path):
     import time
 
     out = tmp_path / "runs"
+    # The undisturbed in-process reference needs no cluster: it runs beside the cluster's run (one thread:
+    # two threads beside the cluster's processes oversubscribe 2 cores).
+    ref_log = tmp_path / "ref.log"
+    with open(ref_log, "w") as fh:
+        reference = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "run", "jobs/quickstart.yaml",
+                                      "--out", str(tmp_path / "ref"), *BILEVEL_SPREAD, "--set", "bilevel.backend=local"],
+                                     cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _lose_a_node_mid_run(cluster, out)
+        assert reference.wait(timeout=300) == 0, ref_log.read_text()[-3000:]
+    finally:
+        if reference.poll() is None:
+            kill_tree(reference.pid)
+    summary = json.loads(next(out.glob("quickstart-*/summary.json")).read_text())
+    ref = json.loads(next((tmp_path / "ref").glob("quickstart-*/summary.json")).read_text())
+    for key in ("val_loss", "test_acc", "corruption_f1"):
+        assert abs(summary["metrics"][key] - ref["metrics"][key]) < 1e-5, key
+
+
+def _lose_a_node_mid_run(cluster, out: Path) -> None:
+    import time
+
     cmd = [sys.executable, str(ROOT / "launch.py"), "run", "jobs/quickstart.yaml", "--address", cluster.gcs_address,
            "--out", str(out), *BILEVEL_SPREAD]
     driver = subprocess.Popen(cmd, cwd=ROOT, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -157,16 +210,6 @@ def test_bilevel_learners_spread_and_survive_a_lost_node(cluster, tmp_path):
     assert rounds == list(range(1, 201))
     log = (run_dir / "run.log").read_text()
     assert "is gone" in log and re.search(r"restored every learner from the checkpoint of round \d+", log)
-
-    reference = subprocess.run([sys.executable, str(ROOT / "launch.py"), "run", "jobs/quickstart.yaml",
-                                "--out", str(tmp_path / "ref"), *BILEVEL_SPREAD, "--set", "bilevel.backend=local"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=300,
-                               # One thread: two threads beside the cluster's processes oversubscribe 2 cores.
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-2000:]
-    ref = json.loads(next((tmp_path / "ref").glob("quickstart-*/summary.json")).read_text())
-    for key in ("val_loss", "test_acc", "corruption_f1"):
-        assert abs(summary["metrics"][key] - ref["metrics"][key]) < 1e-5, key
 
 
 def test_kill_node_takes_down_exactly_that_worker(cluster):

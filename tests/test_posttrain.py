@@ -131,9 +131,9 @@ def _train_workers() -> list[psutil.Process]:
 
 def test_alright_coin_is_one_per_step_and_a_killed_worker_resumes_from_the_checkpoint(ray_session, small_data,
                                                                                        tmp_path):
-    # 8 steps per epoch x 6 epochs = 48 steps, a checkpoint every 8; the kill comes after step 20, once
+    # 8 steps per epoch x 4 epochs = 32 steps, a checkpoint every 8; the kill comes after step 20, once
     # Ray Train has registered the checkpoints of steps 8 and 16.
-    job = _job("kill", small_data, ["method=alright", "lam=0.5", "epochs=6", "checkpoint_every=8", "max_failures=1"])
+    job = _job("kill", small_data, ["method=alright", "lam=0.5", "epochs=4", "checkpoint_every=8", "max_failures=1"])
     box = {}
     handed = CheckpointLog()
     thread = threading.Thread(target=lambda: box.update(r=_run(job, tmp_path, [handed])))
@@ -154,9 +154,9 @@ def test_alright_coin_is_one_per_step_and_a_killed_worker_resumes_from_the_check
     assert summary["status"] == "succeeded"
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     resumed = [e["step"] for e in events if e.get("event") == "resumed"]
-    assert resumed and resumed[0] % 8 == 0 and 0 < resumed[0] <= 48
+    assert resumed and resumed[0] % 8 == 0 and 0 < resumed[0] <= 32
     steps = [r["step"] for r in records if r["step"] > 0]
-    assert steps == list(range(1, 49)), "every step once, replayed steps deduplicated"
+    assert steps == list(range(1, 33)), "every step once, replayed steps deduplicated"
     coin = methods.Alright(0.5, seed=0)
     for r in records[1:]:
         assert r["coin_by_rank"] == [r["w_dpo"]] * 2, "every rank steps on the same objective"
@@ -169,15 +169,15 @@ def test_alright_coin_is_one_per_step_and_a_killed_worker_resumes_from_the_check
     assert (run_dir / "plots" / "plane.png").stat().st_size > 10_000
 
     # The checkpoints a Tune trial reports: each main-phase checkpoint handed to the listeners, whole.
-    assert [step for step, _ in handed.seen][-1] == 40 and all(step % 8 == 0 for step, _ in handed.seen)
+    assert [step for step, _ in handed.seen][-1] == 24 and all(step % 8 == 0 for step, _ in handed.seen)
     step, source = handed.seen[-1]
-    assert json.loads((source / "meta.json").read_text()) == {"phase": "main", "step": 40}
+    assert json.loads((source / "meta.json").read_text()) == {"phase": "main", "step": 24}
     # Placed in a new run directory as Tune places a restored (or PBT-copied) trial's checkpoint, it is
-    # where that run continues: steps 41-48 only, to the same final losses.
+    # where that run continues: steps 25-32 only, to the same final losses.
     again = RunDir.create(tmp_path / "restored", job.name)
     again.place_checkpoint(source, step)
     summary2, _, records2 = _run(job, tmp_path / "restored", run_dir=again)
-    assert [r["step"] for r in records2] == list(range(41, 49))
+    assert [r["step"] for r in records2] == list(range(25, 33))
     for key in ("f_sft", "f_dpo"):
         assert summary2["metrics"][key] == pytest.approx(summary["metrics"][key], rel=1e-6)
 

@@ -1,8 +1,9 @@
 """Shipped job files run as a user runs them: from the repository root with the default ``--out``
 (runs/), and from another working directory by absolute paths. Reduced with ``--set`` to CI size:
 bilevel 10 rounds, aimc_toy 2,000 steps, aimc_pipeline 1 epoch, diffusion 6 outer steps, posttrain
-1 epoch without the optima runs, the λ sweep (post-training inside Tune trials, from another
-directory) 2 trials: λ = 0 and λ = 1."""
+1 epoch of 8 steps (the first 256 rows of each shipped training file, 32 eval rows) without the optima
+runs, the λ sweep (post-training inside Tune trials, from another directory) 2 trials on the same rows:
+λ = 0 and λ = 1."""
 
 import json
 import re
@@ -26,6 +27,12 @@ REDUCED = {
 }
 
 
+# The post-training jobs train on the first 256 rows of each shipped training file (8 global batches of
+# 32) and evaluate on 32 rows, the files still found through the job's own relative paths: a job's
+# start-up, not its steps, is what CI pays.
+POSTTRAIN_ROWS = ["data.train_rows=256", "data.eval_rows=32"]
+
+
 def launch(args: list[str], cwd: Path, overrides: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
     sets = [x for o in overrides for x in ("--set", o)]
     proc = subprocess.run([sys.executable, LAUNCH, *args, *sets, "--no-progress"], capture_output=True, text=True,
@@ -38,7 +45,8 @@ def launch(args: list[str], cwd: Path, overrides: list[str]) -> tuple[subprocess
 
 @pytest.mark.parametrize("name", list(REDUCED))
 def test_runs_from_the_repository_root_with_the_default_out(name):
-    proc, run_dir = launch(["run", f"jobs/{name}"], ROOT, REDUCED[name])
+    extra = POSTTRAIN_ROWS if name == "sft_dpo_alright.yaml" else []
+    proc, run_dir = launch(["run", f"jobs/{name}"], ROOT, REDUCED[name] + extra)
     try:
         assert run_dir.parent == ROOT / "runs"
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -51,7 +59,8 @@ def test_runs_from_the_repository_root_with_the_default_out(name):
 
 def test_posttrain_lambda_sweep_from_another_directory_draws_the_front(tmp_path):
     proc, run_dir = launch(["run", str(ROOT / "jobs" / "sweep_posttrain_lambda.yaml")], tmp_path,
-                           ["search.space.lam.values=[0.0,1.0]", "overrides.epochs=1"])
+                           ["search.space.lam.values=[0.0,1.0]", "overrides.epochs=1",
+                            *(f"overrides.{s}" for s in POSTTRAIN_ROWS)])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["metrics"]["trials"] == 2
     assert summary["base_kind"] == "posttrain"

@@ -54,6 +54,13 @@ class DataSection(Strict):
     preference: Split | None = Field(None, description="rows prompt/chosen/rejected")
     max_length: int = Field(128, ge=8, description="tokens per sequence (prompt + answer), truncated")
     eval_rows: int = Field(128, ge=1, description="rows of each eval split used per evaluation")
+    train_rows: int | None = Field(None, ge=1, description="train on the first N rows of each training split "
+                                                            "only (a quick run); null: all rows")
+
+    def training_rows(self, split: Split) -> list[dict[str, Any]]:
+        from .rows import read_rows
+
+        return read_rows(split.train)[: self.train_rows]
 
 
 class OptimSection(Strict):
@@ -164,9 +171,7 @@ class PosttrainJob(JobBase):
 
 def total_steps(job: PosttrainJob) -> int:
     """Optimizer steps of one phase, from the row counts (what the workers will compute)."""
-    from .rows import read_rows
-
-    sizes = {name: len(read_rows(split.train)) if split is not None else 0
+    sizes = {name: len(job.data.training_rows(split)) if split is not None else 0
              for name, split in (("sft", job.data.sft), ("pref", job.data.preference))}
     return job.batches_per_epoch(sizes["sft"], sizes["pref"]) * job.epochs
 

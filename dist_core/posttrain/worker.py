@@ -55,10 +55,10 @@ def _encode_split(tok: Any, job: PosttrainJob) -> Corpus:
     L = job.data.max_length
     sft = sft_eval = chosen = rejected = chosen_eval = rejected_eval = None
     if job.data.sft is not None:
-        sft = D.encode_sft(tok, D.read_rows(job.data.sft.train), L)
+        sft = D.encode_sft(tok, job.data.training_rows(job.data.sft), L)
         sft_eval = D.encode_sft(tok, D.read_rows(job.data.sft.eval or job.data.sft.train), L)
     if job.data.preference is not None:
-        chosen, rejected = D.encode_preference(tok, D.read_rows(job.data.preference.train), L)
+        chosen, rejected = D.encode_preference(tok, job.data.training_rows(job.data.preference), L)
         chosen_eval, rejected_eval = D.encode_preference(
             tok, D.read_rows(job.data.preference.eval or job.data.preference.train), L)
     return Corpus(sft, sft_eval, chosen, rejected, chosen_eval, rejected_eval)
