@@ -161,10 +161,18 @@ def export_model(engine: Any, tok: Any, rank: int, metrics: dict[str, Any]) -> N
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
 
 
+SHM_OP = "deepspeed_shm_comm"  # ShareMemCommBuilder.NAME
+
+
 def import_deepspeed() -> Any:
     """``import deepspeed`` without the eager ``import mlflow`` of its autotuner (about 1.6 s per rank
-    here when mlflow is installed); a training run never uses the autotuner, and a later
-    ``import mlflow`` in the same process works as usual."""
+    here when mlflow is installed), and without its shared-memory all-reduce op.
+
+    A training run never uses the autotuner, and a later ``import mlflow`` in the same process works
+    as usual. The shm op serves only ``inference_all_reduce`` (tensor-parallel inference layers),
+    yet ``init_distributed`` JIT-compiles it on CPU: 49–110 s on 2 cores, once per environment.
+    Marked incompatible, it is not built, and ``inference_all_reduce`` would fall back to
+    ``torch.distributed``; training collectives never touch it."""
     if "deepspeed" in sys.modules:
         return sys.modules["deepspeed"]
     hide = "mlflow" not in sys.modules
@@ -175,6 +183,7 @@ def import_deepspeed() -> Any:
     finally:
         if hide:
             del sys.modules["mlflow"]
+    deepspeed.ops.__compatible_ops__[SHM_OP] = False
     return deepspeed
 
 
