@@ -26,7 +26,7 @@ from ..plots import _plt
 from ..runs import JobResult, RunDir, RunHooks
 from . import digits
 from .merit import smoothed_merit
-from .solver import PenaltyConfig, SemivectorialState, solve_semivectorial
+from .solver import PenaltyConfig, SemivectorialState, as_params, solve_semivectorial
 
 log = logging.getLogger("dist_core.semivectorial")
 PENALTY = "semivectorial"
@@ -52,7 +52,7 @@ def penalty_config(job) -> PenaltyConfig:
 def theta_of(state: SemivectorialState | PreferenceState, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if isinstance(state, PreferenceState):
         return dict(state.theta)
-    return {k: v.to(like[k].dtype) for k, v in tree.unflatten(state.x, like).items()}
+    return as_params(state.x, like)
 
 
 def _restore(state: dict, meta: dict, method: str) -> SemivectorialState | PreferenceState:
@@ -153,8 +153,7 @@ def pareto_gap(theta: dict[str, torch.Tensor], data: digits.SplitData, ell: floa
     like = tree.detached(theta)
 
     def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        params = {k: v.to(like[k].dtype) for k, v in tree.unflatten(x, like).items()}
-        return lower.values_and_jacobian(params, batch)
+        return lower.values_and_jacobian(as_params(x, like), batch)
 
     return smoothed_merit(fn, tree.flatten(like).to(torch.float64), ell=ell, tau=0.0, iters=200, tol=1e-9).value
 

@@ -71,7 +71,7 @@ class PenaltyConfig:
 
 @dataclass
 class SemivectorialState:
-    """Everything a run needs to continue exactly: x, y, F(y), J(y), the y-steps' L and weights."""
+    """Everything a run needs to continue exactly: x, y, F(y), J(y) and the y-steps' L."""
 
     step: int
     x: torch.Tensor  # (P,) float64, θ flattened in key order
@@ -79,12 +79,11 @@ class SemivectorialState:
     Fy: torch.Tensor | None = None  # F(y), J(y) of the last y evaluation (None: not evaluated yet)
     Jy: torch.Tensor | None = None
     curvature: float = 1.0
-    w: torch.Tensor | None = None
 
     def to_flat(self) -> tuple[Arrays, dict]:
         flat = {"x": self.x.numpy(), "y": self.y.numpy()}
         if self.Fy is not None:
-            flat.update(Fy=self.Fy.numpy(), Jy=self.Jy.numpy(), w=self.w.numpy())
+            flat.update(Fy=self.Fy.numpy(), Jy=self.Jy.numpy())
         return flat, {"step": self.step, "curvature": self.curvature}
 
     @classmethod
@@ -92,7 +91,7 @@ class SemivectorialState:
         t = lambda k: torch.from_numpy(np.array(flat[k], dtype=np.float64))  # noqa: E731 - writable copies
         has_y = "Fy" in flat
         return cls(int(meta["step"]), t("x"), t("y"), t("Fy") if has_y else None, t("Jy") if has_y else None,
-                   float(meta["curvature"]), t("w") if has_y else None)
+                   float(meta["curvature"]))
 
 
 @dataclass
@@ -109,6 +108,11 @@ class SemivectorialResult:
 StepCallback = Callable[[int, dict[str, float], SemivectorialState], None]
 
 
+def as_params(vec: torch.Tensor, like: tree.Params) -> tree.Params:
+    """A flat float64 point back as θ's dict, in θ's own dtypes."""
+    return {k: v.to(like[k].dtype) for k, v in tree.unflatten(vec, like).items()}
+
+
 class _Evaluator:
     """F and J of all M + 1 functions at a flat point, averaged over the shards (float64)."""
 
@@ -116,8 +120,7 @@ class _Evaluator:
         self.pool, self.like = pool, like
 
     def __call__(self, point: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        params = tree.unflatten(point, self.like)
-        arrays = {k: v.to(self.like[k].dtype).numpy() for k, v in params.items()}
+        arrays = {k: v.numpy() for k, v in as_params(point, self.like).items()}
         outs = self.pool.compute(arrays, step)
         F = np.mean(np.stack([o[0] for o in outs]), axis=0)
         J = np.mean(np.stack([o[1] for o in outs]), axis=0)
@@ -203,7 +206,7 @@ def solve_semivectorial(
                 calls += moved.evaluations
             gap, _ = merit_gap(Fx, Fy, x, y, cfg.ell, cfg.tau)
             grad = J0 + cfg.gamma * merit_gradient(Jx, w, x, y, cfg.ell)
-            state = SemivectorialState(step + 1, (x - cfg.lr * grad).detach(), y, Fy, Jy, L, w)
+            state = SemivectorialState(step + 1, (x - cfg.lr * grad).detach(), y, Fy, Jy, L)
             record = _record(state.step, Fx_all, float(gap), w, cfg, grad, calls, time.perf_counter() - t0)
             history.append(record)
             if on_step is not None:
@@ -214,7 +217,7 @@ def solve_semivectorial(
         F_all, _ = evaluate(state.x, state.step)
         merit = float(merit_gap(F_all[1:], state.Fy if state.Fy is not None else F_all[1:], state.x, state.y,
                                 cfg.ell, cfg.tau)[0])
-        theta_out = {k: v.to(like[k].dtype) for k, v in tree.unflatten(state.x, like).items()}
+        theta_out = as_params(state.x, like)
         return SemivectorialResult(tree.unwrap(theta_out, was_tensor), float(F_all[0]),
                                    [float(v) for v in F_all[1:]], merit, history, state, retry.restarts)
     finally:
